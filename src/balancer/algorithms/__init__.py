@@ -1,0 +1,69 @@
+"""Selection: which backend takes the next connection.
+
+An algorithm is a small class with two methods. `update` receives the eligible backends after
+every membership or state change and builds whatever tables it needs; `candidates` yields
+backends for one connection, first choice first, then fallbacks, and never does I/O. Retrying a
+failed connect walks that order, so no algorithm knows about retries.
+
+A user's own algorithm is named by dotted path, `package.module.ClassName` or
+`package.module:ClassName`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from balancer.algorithms.least_connections import LeastConnections
+from balancer.algorithms.power_of_two import PowerOfTwo
+from balancer.algorithms.round_robin import RoundRobin
+from balancer.algorithms.source_hash import SourceHash
+from balancer.algorithms.weighted_random import WeightedRandom
+
+if TYPE_CHECKING:
+    from balancer.pool import Backend
+
+
+class Algorithm(Protocol):
+    def update(self, backends: Sequence[Backend]) -> None:
+        """Take the new eligible set; build derived tables here, once."""
+
+    def candidates(self, client: str) -> Iterator[Backend]:
+        """Backends for a connection from `client` (its IP address), best first."""
+
+
+REGISTRY: dict[str, type[Algorithm]] = {
+    "round_robin": RoundRobin,
+    "least_connections": LeastConnections,
+    "random": WeightedRandom,
+    "power_of_two": PowerOfTwo,
+    "source_hash": SourceHash,
+}
+
+
+def resolve(name: str) -> type[Algorithm]:
+    """The class for a registered name or a dotted path; ValueError says what is wrong."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    module_name, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
+    if not sep or not module_name or not attr:
+        known = ", ".join(REGISTRY)
+        raise ValueError(f"unknown algorithm {name!r}: expected one of {known}, or a dotted path")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for algorithm {name!r}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type) or not all(
+        callable(getattr(cls, m, None)) for m in ("update", "candidates")
+    ):
+        raise ValueError(f"{name!r} is not a class with update() and candidates() methods")
+    return cls  # type: ignore[no-any-return]
+
+
+def create(name: str) -> Algorithm:
+    return resolve(name)()
+
+
+__all__ = ["REGISTRY", "Algorithm", "create", "resolve"]

@@ -1,0 +1,55 @@
+"""Smooth weighted round-robin, as nginx does it, precomputed into one cycle."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from functools import reduce
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from balancer.pool import Backend
+
+
+def smooth_schedule(weights: Sequence[int]) -> list[int]:
+    """One cycle of indexes: each index appears weight/gcd times, spread out, not in bursts."""
+    if not weights:
+        return []
+    divisor = reduce(math.gcd, weights)
+    reduced = [w // divisor for w in weights]
+    total = sum(reduced)
+    current = [0] * len(reduced)
+    schedule = []
+    for _ in range(total):
+        for i, w in enumerate(reduced):
+            current[i] += w
+        best = max(range(len(reduced)), key=current.__getitem__)
+        current[best] -= total
+        schedule.append(best)
+    return schedule
+
+
+class RoundRobin:
+    """Over each cycle every backend gets exactly its weight's share, interleaved."""
+
+    def __init__(self) -> None:
+        self._backends: tuple[Backend, ...] = ()
+        self._schedule: list[int] = []
+        self._position = 0
+
+    def update(self, backends: Sequence[Backend]) -> None:
+        self._backends = tuple(backends)
+        self._schedule = smooth_schedule([b.weight for b in backends])
+        self._position = 0
+
+    def candidates(self, client: str) -> Iterator[Backend]:
+        backends, schedule = self._backends, self._schedule
+        if not schedule:
+            return
+        position = self._position
+        self._position = (position + 1) % len(schedule)
+        first = schedule[position]
+        yield backends[first]
+        count = len(backends)
+        for step in range(1, count):
+            yield backends[(first + step) % count]

@@ -1,0 +1,448 @@
+"""The configuration: read once from TOML or flags, validated whole, then immutable.
+
+Parsing is pure: it takes a dict (what `tomllib` returns) and gives a `Config` or a
+`ConfigError` listing every problem, each naming its key and the bad value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+MAX_WEIGHT = 256
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration; `errors` names each key and value."""
+
+    def __init__(self, errors: Iterable[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+@dataclass(frozen=True, order=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def parse_address(text: str, *, allow_zero_port: bool = False) -> Address:
+    """Parse `HOST:PORT` (IPv6 as `[::1]:PORT`); raise ValueError saying what is wrong."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"expected [IPV6]:PORT, got {text!r}")
+        host, port_text = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        if ":" in host:
+            raise ValueError(f"IPv6 addresses need brackets, as [::1]:PORT, got {text!r}")
+    if not port_text.isdigit():
+        raise ValueError(f"port must be a number, got {port_text!r} in {text!r}")
+    port = int(port_text)
+    low = 0 if allow_zero_port else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port must be {low}-65535, got {port} in {text!r}")
+    if not _valid_host(host):
+        raise ValueError(f"not a valid host name or IP address: {host!r} in {text!r}")
+    return Address(host, port)
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `500ms`, `3s`, `5m`, `1h`, or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 500ms, 3s or 5m, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 500ms, 3s or 5m, got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative, got {value!r}")
+    return seconds
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """`9001-9009` as (9001, 9009)."""
+    match = re.fullmatch(r"(\d+)-(\d+)", text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"expected FIRST-LAST, as 9001-9009, got {text!r}")
+    first, last = int(match.group(1)), int(match.group(2))
+    if not (1 <= first <= last <= 65535):
+        raise ValueError(f"expected 1 <= FIRST <= LAST <= 65535, got {text!r}")
+    if last - first >= 1024:
+        raise ValueError(f"a port range may hold at most 1024 ports, got {text!r}")
+    return first, last
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    address: Address
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Backends are whichever ports of a range on one host answer health checks."""
+
+    host: str
+    first_port: int
+    last_port: int
+
+    def addresses(self) -> list[Address]:
+        return [Address(self.host, p) for p in range(self.first_port, self.last_port + 1)]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 3.0
+    idle: float = 300.0
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    enabled: bool = True
+    type: str = "tcp"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    listen: Address
+    backends: tuple[BackendConfig, ...] = ()
+    algorithm: str = "round_robin"
+    discover: DiscoveryConfig | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    retries: int = 3
+    no_backend_message: bytes | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    file: str | None = "load_balancer.log"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: Address | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    services: tuple[ServiceConfig, ...]
+    log: LogConfig = field(default_factory=LogConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    workers: int = 1
+    grace: float = 30.0
+
+
+class _Table:
+    """A TOML table being read: records every error with its key path, and unknown keys."""
+
+    def __init__(self, data: object, path: str, errors: list[str]) -> None:
+        self.path = path
+        self.errors = errors
+        self.seen: set[str] = set()
+        if isinstance(data, dict):
+            self.data: dict[str, Any] = data
+        else:
+            self.data = {}
+            errors.append(f"{path}: expected a table, got {data!r}")
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(
+        self,
+        name: str,
+        default: T,
+        convert: Callable[[Any], T],
+    ) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        try:
+            return convert(value)
+        except (ValueError, TypeError) as exc:
+            self.errors.append(f"{self.key(name)}: {exc}")
+            return default
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                self.errors.append(f"{self.key(name)}: unknown key (value {self.data[name]!r})")
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _choice(*options: str) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _int_in(low: int, high: int) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"duration must be more than zero, got {value!r}")
+    return seconds
+
+
+def check_algorithm(name: object) -> str:
+    """An algorithm's registered name, or a dotted path that imports."""
+    from balancer.algorithms import resolve
+
+    if not isinstance(name, str):
+        raise TypeError(f"expected an algorithm name, got {name!r}")
+    resolve(name)
+    return name
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _service_name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"expected 1-64 letters, digits, '_', '.' or '-', got {value!r}")
+    return value
+
+
+def _backend(item: object, path: str, errors: list[str]) -> BackendConfig | None:
+    if isinstance(item, str):
+        item = {"address": item}
+    table = _Table(item, path, errors)
+    address = table.get("address", None, parse_address)
+    weight = table.get("weight", 1, _int_in(1, MAX_WEIGHT))
+    table.finish()
+    if "address" not in table.data and isinstance(item, dict):
+        errors.append(f"{path}.address: required")
+    return BackendConfig(address, weight) if address else None
+
+
+def _discovery(value: object, path: str, errors: list[str]) -> DiscoveryConfig | None:
+    table = _Table(value, path, errors)
+    host = table.get("host", "127.0.0.1", _string)
+    ports = table.get("ports", None, parse_port_range)
+    table.finish()
+    if ports is None:
+        if "ports" not in table.data:
+            errors.append(f"{path}.ports: required, as \"9001-9009\"")
+        return None
+    if not _valid_host(host):
+        errors.append(f"{path}.host: not a valid host name or IP address: {host!r}")
+        return None
+    return DiscoveryConfig(host, ports[0], ports[1])
+
+
+def _timeouts(value: object, path: str, errors: list[str]) -> Timeouts:
+    table = _Table(value, path, errors)
+    defaults = Timeouts()
+    result = Timeouts(
+        connect=table.get("connect", defaults.connect, _positive_duration),
+        idle=table.get("idle", defaults.idle, _positive_duration),
+    )
+    table.finish()
+    return result
+
+
+def _health(value: object, path: str, errors: list[str]) -> HealthCheckConfig:
+    table = _Table(value, path, errors)
+    defaults = HealthCheckConfig()
+    result = HealthCheckConfig(
+        enabled=table.get("enabled", defaults.enabled, _boolean),
+        type=table.get("type", defaults.type, _choice("tcp")),
+        interval=table.get("interval", defaults.interval, _positive_duration),
+        timeout=table.get("timeout", defaults.timeout, _positive_duration),
+        rise=table.get("rise", defaults.rise, _int_in(1, 100)),
+        fall=table.get("fall", defaults.fall, _int_in(1, 100)),
+    )
+    table.finish()
+    return result
+
+
+def _message(value: object) -> bytes:
+    text = _string(value)
+    return text.encode().decode("unicode_escape").encode("latin-1")
+
+
+def _service(item: object, path: str, errors: list[str]) -> ServiceConfig | None:
+    table = _Table(item, path, errors)
+    before = len(errors)
+    name = table.get("name", "", _service_name)
+    listen = table.get("listen", None, lambda v: parse_address(v, allow_zero_port=True))
+    algorithm = table.get("algorithm", "round_robin", check_algorithm)
+    retries = table.get("retries", 3, _int_in(0, 100))
+    message = table.get("no_backend_message", None, _message)
+    table.seen.update({"backends", "discover", "timeouts", "health_check"})
+    backends: list[BackendConfig] = []
+    raw_backends = table.data.get("backends", [])
+    if not isinstance(raw_backends, list):
+        errors.append(f"{table.key('backends')}: expected a list, got {raw_backends!r}")
+        raw_backends = []
+    for index, raw in enumerate(raw_backends):
+        backend = _backend(raw, f"{table.key('backends')}[{index}]", errors)
+        if backend is None:
+            continue
+        if any(b.address == backend.address for b in backends):
+            errors.append(f"{table.key('backends')}[{index}].address: duplicate {backend.address}")
+            continue
+        backends.append(backend)
+    discover = None
+    if "discover" in table.data:
+        discover = _discovery(table.data["discover"], table.key("discover"), errors)
+    timeouts = _timeouts(table.data.get("timeouts", {}), table.key("timeouts"), errors)
+    health = _health(table.data.get("health_check", {}), table.key("health_check"), errors)
+    table.finish()
+    if "name" not in table.data:
+        errors.append(f"{table.key('name')}: required")
+    if "listen" not in table.data:
+        errors.append(f"{table.key('listen')}: required, as \"0.0.0.0:8000\"")
+    if not raw_backends and "discover" not in table.data:
+        errors.append(f"{table.key('backends')}: a service needs backends or discover")
+    if len(errors) > before or listen is None:
+        return None
+    return ServiceConfig(
+        name=name,
+        listen=listen,
+        backends=tuple(backends),
+        algorithm=algorithm,
+        discover=discover,
+        timeouts=timeouts,
+        health_check=health,
+        retries=retries,
+        no_backend_message=message,
+    )
+
+
+def _log(value: object, errors: list[str]) -> LogConfig:
+    table = _Table(value, "log", errors)
+    result = LogConfig(
+        file=table.get("file", LogConfig.file, _string) or None,
+        format=table.get("format", LogConfig.format, _choice("text", "json")),
+    )
+    table.finish()
+    return result
+
+
+def _admin(value: object, errors: list[str]) -> AdminConfig:
+    table = _Table(value, "admin", errors)
+    result = AdminConfig(
+        listen=table.get("listen", Address("127.0.0.1", 8404), parse_address),
+        token=table.get("token", None, _string),
+    )
+    table.finish()
+    return result
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a whole configuration; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    top = _Table(data, "", errors)
+    workers = top.get("workers", 1, _int_in(1, 1))
+    grace = top.get("grace", 30.0, parse_duration)
+    top.seen.update({"services", "log", "admin"})
+    log = _log(data.get("log", {}), errors)
+    admin = _admin(data["admin"], errors) if "admin" in data else AdminConfig()
+    services: list[ServiceConfig] = []
+    raw_services = data.get("services")
+    if not isinstance(raw_services, list) or not raw_services:
+        errors.append("services: at least one [[services]] table is required")
+        raw_services = []
+    for index, raw in enumerate(raw_services):
+        service = _service(raw, f"services[{index}]", errors)
+        if service is None:
+            continue
+        for other in services:
+            if other.name == service.name:
+                errors.append(f"services[{index}].name: duplicate service name {service.name!r}")
+            elif other.listen == service.listen and service.listen.port != 0:
+                errors.append(
+                    f"services[{index}].listen: {service.listen} is already used by "
+                    f"service {other.name!r}"
+                )
+        services.append(service)
+    top.finish()
+    if errors:
+        raise ConfigError(errors)
+    return Config(services=tuple(services), log=log, admin=admin, workers=workers, grace=grace)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; errors are prefixed with the file name."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {e}" for e in exc.errors) from None

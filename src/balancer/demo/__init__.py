@@ -1,0 +1,1 @@
+"""The demo backend server and the load-generating client that ship with the balancer."""

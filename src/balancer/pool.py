@@ -1,0 +1,136 @@
+"""A service's backends and their state: the one object discovery, health, selection and the
+relay meet at.
+
+Membership and state changes rebuild the selection tables once and swap them in whole; each
+pick reads that snapshot and never rebuilds anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from balancer.config import Address
+
+if TYPE_CHECKING:
+    from balancer.algorithms import Algorithm
+
+UP = "up"
+DOWN = "down"
+
+ENABLED = "enabled"
+DRAIN = "drain"
+MAINTENANCE = "maintenance"
+ADMIN_STATES = (ENABLED, DRAIN, MAINTENANCE)
+
+
+class Backend:
+    """One backend server of a service, with its health, operator state and counters."""
+
+    __slots__ = (
+        "active",
+        "address",
+        "bytes_in",
+        "bytes_out",
+        "checked",
+        "connect_failures",
+        "failures",
+        "health",
+        "key",
+        "last_change",
+        "state",
+        "total",
+        "weight",
+    )
+
+    def __init__(self, address: Address, weight: int = 1, health: str = UP) -> None:
+        self.address = address
+        self.key = str(address)
+        self.weight = weight
+        self.health = health
+        self.state = ENABLED
+        self.checked = False
+        self.active = 0
+        self.total = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.failures = 0
+        self.connect_failures = 0
+        self.last_change = time.time()
+
+    @property
+    def eligible(self) -> bool:
+        return self.health == UP and self.state == ENABLED
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.key} w={self.weight} {self.health}/{self.state} active={self.active}>"
+
+
+# Called as listener(event, backend, message), e.g. ("down", b, "connection refused").
+Listener = Callable[[str, Backend, str], None]
+
+
+class Pool:
+    """The backends of one service and the algorithm choosing among the eligible ones."""
+
+    def __init__(self, name: str, algorithm: Algorithm) -> None:
+        self.name = name
+        self.algorithm = algorithm
+        self.backends: dict[Address, Backend] = {}
+        self.listeners: list[Listener] = []
+        self.eligible: tuple[Backend, ...] = ()
+
+    def _emit(self, event: str, backend: Backend, message: str) -> None:
+        for listener in self.listeners:
+            listener(event, backend, message)
+
+    def _rebuild(self) -> None:
+        self.eligible = tuple(b for b in self.backends.values() if b.eligible)
+        self.algorithm.update(self.eligible)
+
+    def candidates(self, client: str) -> Iterator[Backend]:
+        """Eligible backends for a client, best first; retries walk on down the list."""
+        return self.algorithm.candidates(client)
+
+    def add(self, address: Address, weight: int = 1, *, health: str = UP, quiet: bool = False) -> Backend:
+        if address in self.backends:
+            raise KeyError(f"backend {address} already exists in service {self.name!r}")
+        backend = Backend(address, weight, health)
+        self.backends[address] = backend
+        self._rebuild()
+        if not quiet:
+            self._emit("added", backend, f"weight {weight}, {health}")
+        return backend
+
+    def remove(self, address: Address) -> Backend:
+        backend = self.backends.pop(address)
+        self._rebuild()
+        self._emit("removed", backend, f"{backend.active} connections still open")
+        return backend
+
+    def set_health(self, backend: Backend, health: str, reason: str) -> None:
+        backend.checked = True
+        if backend.health == health or self.backends.get(backend.address) is not backend:
+            return
+        backend.health = health
+        backend.last_change = time.time()
+        self._rebuild()
+        self._emit(health, backend, reason)
+
+    def set_state(self, backend: Backend, state: str, reason: str = "operator") -> None:
+        if state not in ADMIN_STATES:
+            raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
+        if backend.state == state:
+            return
+        backend.state = state
+        backend.last_change = time.time()
+        self._rebuild()
+        self._emit(state, backend, reason)
+
+    def set_weight(self, backend: Backend, weight: int) -> None:
+        if backend.weight == weight:
+            return
+        old, backend.weight = backend.weight, weight
+        self._rebuild()
+        self._emit("weight", backend, f"weight {old} -> {weight}")

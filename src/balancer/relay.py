@@ -1,0 +1,305 @@
+"""The proxy: moves bytes between a client connection and a backend connection.
+
+Built on asyncio Protocols and transports, so relaying a chunk is one callback and one write
+with no coroutine and no copy. Backpressure runs both ways: when one side's write buffer fills,
+reading from the other side stops until it drains. An EOF from one side is forwarded as a
+half-close to the other; the connection ends when both directions have ended, or either side
+resets. Every connection ends with exactly one termination reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from balancer.logs import AccessRecord
+
+if TYPE_CHECKING:
+    from balancer.pool import Backend
+    from balancer.service import Service
+
+
+class Termination(StrEnum):
+    CLIENT_CLOSED = "client_closed"  # the client finished first (EOF or close)
+    BACKEND_CLOSED = "backend_closed"  # the backend finished first
+    CLIENT_RESET = "client_reset"
+    BACKEND_RESET = "backend_reset"
+    NO_BACKEND = "no_backend"  # no backend was eligible
+    CONNECT_FAILED = "connect_failed"  # every connect attempt failed
+    CLIENT_ABORTED = "client_aborted"  # the client left while the backend connect was pending
+    IDLE_TIMEOUT = "idle_timeout"
+    SHUTDOWN = "shutdown"
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connect timeout"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class Session(asyncio.Protocol):
+    """One client connection and its backend connection; this object is the client side."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.loop = asyncio.get_running_loop()
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.backend: Backend | None = None
+        self.peer = "-"
+        self.client_ip = ""
+        self.started = 0.0
+        self.connect_ms = -1.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.retries = 0
+        self.termination: Termination | None = None
+        self.client_eof = False
+        self.backend_eof = False
+        self.client_open = False
+        self.backend_open = False
+        self.last_activity = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.connector: asyncio.Task[None] | None = None
+        self.connecting = False
+        self.finished = False
+
+    # -- client side ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.client = transport
+        self.client_open = True
+        self.started = self.last_activity = self.loop.time()
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client_ip = str(peer[0])
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in self.client_ip else f"{peer[0]}:{peer[1]}"
+        # Nothing is read from the client until a backend is connected to take it.
+        transport.pause_reading()
+        self.service.sessions.add(self)
+        if self.service.closing:
+            self.end(Termination.SHUTDOWN)
+            return
+        self.connecting = True
+        self.connector = self.loop.create_task(self._connect())
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.last_activity = self.loop.time()
+        assert self.upstream is not None
+        self.upstream.write(data)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.termination is None and not self.backend_eof:
+            self.termination = Termination.CLIENT_CLOSED
+        if self.upstream is not None and self.backend_open:
+            if self.backend_eof:
+                self.end()
+            else:
+                self.upstream.write_eof()
+        return True  # keep our side open: the backend may still be answering
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client_open = False
+        if self.termination is None:
+            if self.upstream is None and not self.finished:
+                self.termination = Termination.CLIENT_ABORTED
+            else:
+                self.termination = Termination.CLIENT_RESET if exc else Termination.CLIENT_CLOSED
+        if self.connector is not None and not self.connector.done():
+            self.connector.cancel()
+        if self.upstream is not None and self.backend_open:
+            if exc is None:
+                self.upstream.close()
+            else:
+                self.upstream.abort()
+        self._maybe_finish()
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.backend_open:
+            self.upstream.resume_reading()
+
+    # -- connecting -------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        try:
+            await self._try_backends()
+        finally:
+            self.connecting = False
+            self._maybe_finish()
+
+    async def _try_backends(self) -> None:
+        service = self.service
+        pool = service.pool
+        attempts = service.config.retries + 1
+        timeout = service.config.timeouts.connect
+        tried = 0
+        last_error = ""
+        for backend in pool.candidates(self.client_ip):
+            if tried == attempts:
+                break
+            tried += 1
+            backend.active += 1
+            begin = self.loop.time()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.loop.create_connection(
+                        lambda b=backend: Upstream(self, b),  # type: ignore[misc]
+                        backend.address.host,
+                        backend.address.port,
+                    )
+            except (OSError, TimeoutError) as exc:
+                backend.active -= 1
+                last_error = describe_error(exc)
+                service.connect_failed(backend, last_error)
+                self.retries = tried
+                continue
+            except asyncio.CancelledError:
+                backend.active -= 1
+                raise
+            self.connect_ms = (self.loop.time() - begin) * 1000.0
+            self.retries = tried - 1
+            return
+        self.retries = max(tried - 1, 0)
+        message = service.config.no_backend_message
+        if message and self.client is not None and self.client_open:
+            self.client.write(message)
+        if tried:
+            service.log_no_backend(self, last_error)
+        self.end(Termination.CONNECT_FAILED if tried else Termination.NO_BACKEND)
+
+    def upstream_made(self, backend: Backend, transport: asyncio.Transport) -> None:
+        self.backend = backend
+        self.upstream = transport
+        self.backend_open = True
+        backend.total += 1
+        if not self.client_open:
+            transport.close()
+            return
+        assert self.client is not None
+        self.client.resume_reading()
+        idle = self.service.config.timeouts.idle
+        self.idle_timer = self.loop.call_later(idle, self._check_idle)
+
+    # -- backend side (called by Upstream) ----------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.last_activity = self.loop.time()
+        assert self.client is not None
+        self.client.write(data)
+
+    def upstream_eof(self) -> None:
+        self.backend_eof = True
+        if self.termination is None and not self.client_eof:
+            self.termination = Termination.BACKEND_CLOSED
+        if self.client is not None and self.client_open:
+            if self.client_eof:
+                self.end()
+            else:
+                self.client.write_eof()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.backend_open = False
+        if self.termination is None:
+            self.termination = Termination.BACKEND_RESET if exc else Termination.BACKEND_CLOSED
+        if self.client is not None and self.client_open:
+            if exc is None:
+                self.client.close()
+            else:
+                self.client.abort()
+        self._maybe_finish()
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        idle = self.service.config.timeouts.idle
+        remaining = self.last_activity + idle - self.loop.time()
+        if remaining > 0:
+            self.idle_timer = self.loop.call_later(remaining, self._check_idle)
+        else:
+            self.idle_timer = None
+            self.end(Termination.IDLE_TIMEOUT)
+
+    def end(self, reason: Termination | None = None) -> None:
+        """Close both sides, flushing what was already accepted for writing."""
+        if reason is not None and self.termination is None:
+            self.termination = reason
+        if self.client is not None and self.client_open:
+            self.client.close()
+        if self.upstream is not None and self.backend_open:
+            self.upstream.close()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.finished or self.client_open or self.backend_open:
+            return
+        if self.connecting:
+            return  # the connect attempt calls again when it has finished
+        self.finished = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        backend = self.backend
+        if backend is not None:
+            backend.active -= 1
+            backend.bytes_in += self.bytes_in
+            backend.bytes_out += self.bytes_out
+        self.service.finished(
+            self,
+            AccessRecord(
+                service=self.service.name,
+                client=self.peer,
+                backend=backend.key if backend is not None else "-",
+                connect_ms=self.connect_ms,
+                duration_ms=(self.loop.time() - self.started) * 1000.0,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                retries=self.retries,
+                termination=str(self.termination or Termination.CLIENT_CLOSED),
+            ),
+        )
+
+
+class Upstream(asyncio.Protocol):
+    """The backend side of a session."""
+
+    def __init__(self, session: Session, backend: Backend) -> None:
+        self.session = session
+        self.backend = backend
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.session.upstream_made(self.backend, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        self.session.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        client = self.session.client
+        if client is not None and self.session.client_open:
+            client.pause_reading()
+
+    def resume_writing(self) -> None:
+        client = self.session.client
+        if client is not None and self.session.client_open:
+            client.resume_reading()
+
