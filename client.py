@@ -1,9 +1,23 @@
 """Send 10 concurrent requests through the balancer and print each response."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-from balancer.cli import main  # noqa: E402
+from balancer.cli import main
 
-sys.exit(main(["client", "--target", "127.0.0.1:8000", "--concurrency", "10",
-               "--requests", "10", "--show-responses", *sys.argv[1:]]))
+sys.exit(
+    main(
+        [
+            "client",
+            "--target",
+            "127.0.0.1:8000",
+            "--concurrency",
+            "10",
+            "--requests",
+            "10",
+            "--show-responses",
+            *sys.argv[1:],
+        ]
+    )
+)

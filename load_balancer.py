@@ -1,11 +1,26 @@
-"""Balance 0.0.0.0:8000 over whatever answers on 127.0.0.1:9001-9009, logging to load_balancer.log."""
+"""Balance 0.0.0.0:8000 over whatever answers on 127.0.0.1:9001-9009; log to load_balancer.log."""
+
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-from balancer.cli import main  # noqa: E402
+from balancer.cli import main
 
-sys.exit(main(["run", "--listen", "0.0.0.0:8000", "--backend-range", "127.0.0.1:9001-9009",
-               "--algorithm", "least_connections", "--log-file", "load_balancer.log",
-               "--no-backend-message", "HTTP/1.1 503 Service Unavailable\r\n\r\nNo backend servers available\r\n",
-               *sys.argv[1:]]))
+sys.exit(
+    main(
+        [
+            "run",
+            "--listen",
+            "0.0.0.0:8000",
+            "--backend-range",
+            "127.0.0.1:9001-9009",
+            "--algorithm",
+            "least_connections",
+            "--log-file",
+            "load_balancer.log",
+            "--no-backend-message",
+            "HTTP/1.1 503 Service Unavailable\r\n\r\nNo backend servers available\r\n",
+            *sys.argv[1:],
+        ]
+    )
+)

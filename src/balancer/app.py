@@ -58,9 +58,7 @@ class Balancer:
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(
-            signal.SIGTERM, self.request_stop, "SIGTERM", self.config.grace
-        )
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM", self.config.grace)
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT", 0.0)
 
     async def serve(self) -> None:

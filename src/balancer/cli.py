@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from balancer.config import (
     MAX_WEIGHT,
@@ -25,10 +26,10 @@ from balancer.config import (
 )
 
 
-def _flag_type(convert):  # type: ignore[no-untyped-def]
+def _flag_type(convert: Callable[[str], T]) -> Callable[[str], T]:
     """Wrap a parser so argparse reports its ValueError under the flag's name."""
 
-    def wrapped(text: str):  # type: ignore[no-untyped-def]
+    def wrapped(text: str) -> T:
         try:
             return convert(text)
         except (ValueError, TypeError) as exc:
@@ -36,6 +37,9 @@ def _flag_type(convert):  # type: ignore[no-untyped-def]
 
     wrapped.__name__ = getattr(convert, "__name__", "value")
     return wrapped
+
+
+T = TypeVar("T")
 
 
 def backend_flag(text: str) -> BackendConfig:
@@ -90,9 +94,7 @@ def _positive_duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="balancer", description="A TCP (layer 4) load balancer."
-    )
+    parser = argparse.ArgumentParser(prog="balancer", description="A TCP (layer 4) load balancer.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the balancer")
@@ -141,16 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="sent to a client when no backend can be reached, before closing",
     )
-    run.add_argument(
-        "--no-health-check", action="store_true", help="turn off active health checks"
-    )
+    run.add_argument("--no-health-check", action="store_true", help="turn off active health checks")
 
     check = commands.add_parser("check", help="validate a config file")
     check.add_argument("file", metavar="FILE")
 
     backend = commands.add_parser("backend", help="run a demo backend server")
     backend.add_argument(
-        "port", type=_flag_type(lambda t: parse_address(f"127.0.0.1:{t}", allow_zero_port=True).port)
+        "port",
+        type=_flag_type(lambda t: parse_address(f"127.0.0.1:{t}", allow_zero_port=True).port),
     )
     backend.add_argument("--mode", choices=("hello", "echo", "http"), default="hello")
     backend.add_argument("--delay", type=float, default=0.0, metavar="MS")
@@ -167,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--message", default="Hello from client")
     client.add_argument(
         "--show-responses", action="store_true", help="print each response as it arrives"
+    )
+    demo = commands.add_parser("demo", help="start three demo backends and a balancer")
+    demo.add_argument(
+        "--port", type=_flag_type(lambda t: parse_address(f"127.0.0.1:{t}").port), default=8000
     )
     return parser
 
@@ -198,7 +203,9 @@ def config_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser)
             grace=config.grace,
         )
     if not args.backend and not args.backend_range:
-        parser.error("no backends: give --backend HOST:PORT (repeatable), --backend-range or --config")
+        parser.error(
+            "no backends: give --backend HOST:PORT (repeatable), --backend-range or --config"
+        )
     seen = set()
     for backend in args.backend:
         if backend.address in seen:
@@ -248,9 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 asyncio.run(serve(args.port, args.mode, args.delay, args.host))
             except OSError as exc:
-                print(f"balancer backend: cannot listen on port {args.port}: {exc.strerror}", file=sys.stderr)
+                print(
+                    f"balancer backend: cannot listen on port {args.port}: {exc.strerror}",
+                    file=sys.stderr,
+                )
                 return 1
             return 0
+        if args.command == "demo":
+            from balancer.demo.run import main as demo
+
+            return demo(args.port)
         if args.command == "client":
             from balancer.demo import client
 

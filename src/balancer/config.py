@@ -64,7 +64,9 @@ def parse_address(text: str, *, allow_zero_port: bool = False) -> Address:
     return Address(host, port)
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 def _valid_host(host: str) -> bool:
@@ -288,7 +290,7 @@ def _discovery(value: object, path: str, errors: list[str]) -> DiscoveryConfig |
     table.finish()
     if ports is None:
         if "ports" not in table.data:
-            errors.append(f"{path}.ports: required, as \"9001-9009\"")
+            errors.append(f'{path}.ports: required, as "9001-9009"')
         return None
     if not _valid_host(host):
         errors.append(f"{path}.host: not a valid host name or IP address: {host!r}")
@@ -358,7 +360,7 @@ def _service(item: object, path: str, errors: list[str]) -> ServiceConfig | None
     if "name" not in table.data:
         errors.append(f"{table.key('name')}: required")
     if "listen" not in table.data:
-        errors.append(f"{table.key('listen')}: required, as \"0.0.0.0:8000\"")
+        errors.append(f'{table.key("listen")}: required, as "0.0.0.0:8000"')
     if not raw_backends and "discover" not in table.data:
         errors.append(f"{table.key('backends')}: a service needs backends or discover")
     if len(errors) > before or listen is None:

@@ -27,7 +27,9 @@ class AccessRecord:
 
 
 def _timestamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    )
 
 
 def _quote(value: object) -> str:
@@ -122,4 +124,3 @@ def route_python_logging(log: EventLog) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_EventLogHandler(log)]
     root.setLevel(logging.WARNING)
-

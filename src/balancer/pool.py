@@ -64,7 +64,9 @@ class Backend:
         return self.health == UP and self.state == ENABLED
 
     def __repr__(self) -> str:
-        return f"<Backend {self.key} w={self.weight} {self.health}/{self.state} active={self.active}>"
+        return (
+            f"<Backend {self.key} w={self.weight} {self.health}/{self.state} active={self.active}>"
+        )
 
 
 # Called as listener(event, backend, message), e.g. ("down", b, "connection refused").
@@ -93,7 +95,9 @@ class Pool:
         """Eligible backends for a client, best first; retries walk on down the list."""
         return self.algorithm.candidates(client)
 
-    def add(self, address: Address, weight: int = 1, *, health: str = UP, quiet: bool = False) -> Backend:
+    def add(
+        self, address: Address, weight: int = 1, *, health: str = UP, quiet: bool = False
+    ) -> Backend:
         if address in self.backends:
             raise KeyError(f"backend {address} already exists in service {self.name!r}")
         backend = Backend(address, weight, health)

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from balancer.service import Service
 
 
+LINGER = 2.0  # seconds a refused client may keep sending before we close
+
+
 class Termination(StrEnum):
     CLIENT_CLOSED = "client_closed"  # the client finished first (EOF or close)
     BACKEND_CLOSED = "backend_closed"  # the backend finished first
@@ -80,7 +83,9 @@ class Session(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client_ip = str(peer[0])
-            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in self.client_ip else f"{peer[0]}:{peer[1]}"
+            self.peer = (
+                f"[{peer[0]}]:{peer[1]}" if ":" in self.client_ip else f"{peer[0]}:{peer[1]}"
+            )
         # Nothing is read from the client until a backend is connected to take it.
         transport.pause_reading()
         self.service.sessions.add(self)
@@ -93,10 +98,14 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self.last_activity = self.loop.time()
-        assert self.upstream is not None
-        self.upstream.write(data)
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.write(data)
+        # else: refused, and draining the client's input before closing
 
     def eof_received(self) -> bool:
+        if self.upstream is None:
+            return False  # refused: the client has read our answer and finished
         self.client_eof = True
         if self.termination is None and not self.backend_eof:
             self.termination = Termination.CLIENT_CLOSED
@@ -173,12 +182,27 @@ class Session(asyncio.Protocol):
             self.retries = tried - 1
             return
         self.retries = max(tried - 1, 0)
-        message = service.config.no_backend_message
-        if message and self.client is not None and self.client_open:
-            self.client.write(message)
         if tried:
             service.log_no_backend(self, last_error)
-        self.end(Termination.CONNECT_FAILED if tried else Termination.NO_BACKEND)
+        self._refuse(Termination.CONNECT_FAILED if tried else Termination.NO_BACKEND)
+
+    def _refuse(self, reason: Termination) -> None:
+        """Send the optional message, then close without resetting the client.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy
+        the message in flight; so the client's bytes are read and dropped until it closes, or
+        for at most LINGER seconds (nginx's lingering close).
+        """
+        self.termination = reason
+        client = self.client
+        if client is None or not self.client_open:
+            return
+        message = self.service.config.no_backend_message
+        if message:
+            client.write(message)
+        client.write_eof()
+        client.resume_reading()
+        self.idle_timer = self.loop.call_later(LINGER, self.end)
 
     def upstream_made(self, backend: Backend, transport: asyncio.Transport) -> None:
         self.backend = backend
@@ -302,4 +326,3 @@ class Upstream(asyncio.Protocol):
         client = self.session.client
         if client is not None and self.session.client_open:
             client.resume_reading()
-

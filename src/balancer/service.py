@@ -94,9 +94,7 @@ class Service:
         if backend.health == UP:
             self.pool.set_health(backend, DOWN, f"connect failed: {error} (passive)")
             if not self.config.health_check.enabled:
-                asyncio.get_running_loop().call_later(
-                    PASSIVE_EJECTION, self._end_ejection, backend
-                )
+                asyncio.get_running_loop().call_later(PASSIVE_EJECTION, self._end_ejection, backend)
 
     def _end_ejection(self, backend: Backend) -> None:
         self.pool.set_health(backend, UP, f"ejection of {PASSIVE_EJECTION:g}s ended")

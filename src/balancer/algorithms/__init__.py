@@ -53,13 +53,15 @@ def resolve(name: str) -> type[Algorithm]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} for algorithm {name!r}: {exc}") from None
+        raise ValueError(
+            f"cannot import module {module_name!r} for algorithm {name!r}: {exc}"
+        ) from None
     cls = getattr(module, attr, None)
     if not isinstance(cls, type) or not all(
         callable(getattr(cls, m, None)) for m in ("update", "candidates")
     ):
         raise ValueError(f"{name!r} is not a class with update() and candidates() methods")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def create(name: str) -> Algorithm:

@@ -106,6 +106,9 @@ class Http(_Base):
                 body = f"bad request: {exc}\n".encode()
                 self._send(400, body, close=True)
                 return
+            if event is h11.PAUSED and self.conn.our_state is h11.DONE:
+                self.conn.start_next_cycle()  # keep-alive: ready for the next request
+                continue
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.CLOSED:
                     self.transport.close()
@@ -122,11 +125,6 @@ class Http(_Base):
     def _respond(self, body: bytes) -> None:
         self._send(200, body, close=False)
         self.busy = False
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            try:
-                self.conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                pass
         if self.conn.our_state is h11.MUST_CLOSE:
             assert self.transport is not None
             self.transport.close()
@@ -159,7 +157,9 @@ class Http(_Base):
 PROTOCOLS: dict[str, type[_Base]] = {"hello": Hello, "echo": Echo, "http": Http}
 
 
-async def serve(port: int, mode: str = "hello", delay_ms: float = 0.0, host: str = "127.0.0.1") -> None:
+async def serve(
+    port: int, mode: str = "hello", delay_ms: float = 0.0, host: str = "127.0.0.1"
+) -> None:
     loop = asyncio.get_running_loop()
     factory = PROTOCOLS[mode]
     bound_port = [port]  # with port 0 the greeting names the port the OS gave

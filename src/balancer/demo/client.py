@@ -117,9 +117,7 @@ def report(results: Results, elapsed: float, out: IO[str]) -> None:
             print(f"  {label}: {count} ({100.0 * count / results.succeeded:.1f}%)", file=out)
     if results.succeeded:
         h = results.latency
-        figures = "  ".join(
-            f"p{p} {h.get_value_at_percentile(p) / 1000:.2f}" for p in (50, 90, 99)
-        )
+        figures = "  ".join(f"p{p} {h.get_value_at_percentile(p) / 1000:.2f}" for p in (50, 90, 99))
         print(f"latency ms: {figures}  max {h.get_max_value() / 1000:.2f}", file=out)
 
 

@@ -1,0 +1,199 @@
+"""Shared test helpers: real processes and real sockets on 127.0.0.1, ports from the OS."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+DEADLINE = 15.0  # default bound for waiting on one event
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; in CI a missing tool fails the test rather than skipping it."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; .ci/run should install it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float = DEADLINE, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Process:
+    """A child process whose output lines can be waited for."""
+
+    def __init__(self, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
+        self.args = args
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def expect(self, pattern: str, timeout: float = DEADLINE) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"{self.args[:4]} printed no line matching {pattern!r} in {timeout}s; "
+                    f"output so far:\n{''.join(self.output)}"
+                )
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if match := regex.search(line):
+                return match
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = DEADLINE) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+
+def balancer_cmd(*args: str) -> list[str]:
+    return [PYTHON, "-m", "balancer", *args]
+
+
+class Cluster:
+    """Starts demo backends and balancers for one test and stops them all afterwards."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.processes: list[Process] = []
+
+    def backend(self, mode: str = "hello", *extra: str) -> int:
+        proc = Process(balancer_cmd("backend", "0", "--mode", mode, *extra))
+        self.processes.append(proc)
+        match = proc.expect(r"listening on 127\.0\.0\.1:(\d+)")
+        port = int(match.group(1))
+        proc.port = port  # type: ignore[attr-defined]
+        return port
+
+    def backend_process(self, port: int) -> Process:
+        return next(p for p in self.processes if getattr(p, "port", None) == port)
+
+    def balancer(self, *args: str, log: str = "lb.log") -> tuple[Process, int]:
+        """Start `balancer run ARGS`; return the process and its first listening port."""
+        log_path = self.tmp / log
+        cmd = ["run", *args]
+        if "--config" not in args:
+            if "--listen" not in args:
+                cmd += ["--listen", "127.0.0.1:0"]
+            if "--log-file" not in args:
+                cmd += ["--log-file", str(log_path)]
+        proc = Process(balancer_cmd(*cmd))
+        self.processes.append(proc)
+        match = proc.expect(r"listening on 127\.0\.0\.1:(\d+)")
+        return proc, int(match.group(1))
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def read_log(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def wait_for_log(path: Path, pattern: str, timeout: float = DEADLINE) -> re.Match[str]:
+    regex = re.compile(pattern)
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: regex.search(read_log(path)), timeout, f"{pattern!r} in {path.name}"
+    )
+
+
+def exchange(port: int, message: bytes = b"hi", timeout: float = 10.0) -> bytes:
+    """Connect, send, read to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(message)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def served_by(answer: bytes) -> int:
+    match = re.search(rb"Server (\d+)", answer)
+    assert match, f"unexpected answer {answer!r}"
+    return int(match.group(1))

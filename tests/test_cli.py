@@ -1,0 +1,148 @@
+"""The command line as a user meets it: bad flags, bad configs, busy ports, dead backends."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Cluster, balancer_cmd, exchange, free_port, served_by
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(balancer_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--listen", "127.0.0.1:99999", "--backend", "127.0.0.1:9001"],
+            "argument --listen: port must be",
+        ),
+        (
+            ["--listen", "nohost", "--backend", "127.0.0.1:9001"],
+            "argument --listen: expected HOST:PORT, got 'nohost'",
+        ),
+        (
+            ["--backend", "127.0.0.1:9001,weight=0"],
+            "argument --backend: weight must be 1-256, got '0'",
+        ),
+        (
+            ["--backend", "127.0.0.1:9001,wieght=2"],
+            "argument --backend: unknown backend option 'wieght=2'",
+        ),
+        (["--backend", "127.0.0.1:abc"], "argument --backend: port must be a number, got 'abc'"),
+        (
+            ["--backend", "127.0.0.1:9001", "--algorithm", "fastest"],
+            "argument --algorithm: unknown algorithm 'fastest'",
+        ),
+        (
+            ["--backend", "127.0.0.1:9001", "--connect-timeout", "soon"],
+            "argument --connect-timeout: expected a duration",
+        ),
+        (
+            ["--backend-range", "127.0.0.1:9009-9001"],
+            "argument --backend-range: expected 1 <= FIRST <= LAST",
+        ),
+        ([], "no backends: give --backend"),
+        (
+            ["--backend", "127.0.0.1:9001", "--backend", "127.0.0.1:9001"],
+            "duplicate backend 127.0.0.1:9001",
+        ),
+    ],
+)
+def test_bad_flags_exit_nonzero_with_one_clear_line(args: list[str], expected: str) -> None:
+    result = run_cli("run", *args)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(
+            "run",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--backend",
+            "127.0.0.1:9001",
+            "--log-file",
+            str(tmp_path / "lb.log"),
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"balancer: service 'default' cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
+
+
+def test_bad_config_names_every_key_and_value(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        """
+[log]
+format = "xml"
+[[services]]
+name = "web"
+listen = "0.0.0.0:80000"
+algorithm = "least_connections"
+backends = [{ address = "127.0.0.1:9001", weight = -1 }]
+[services.timeouts]
+conect = "3s"
+"""
+    )
+    for command in (["check", str(config)], ["run", "--config", str(config)]):
+        result = run_cli(*command)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert "log.format: expected one of text, json, got 'xml'" in result.stderr
+        assert "services[0].listen: port must be 0-65535, got 80000" in result.stderr
+        assert (
+            "services[0].backends[0].weight: expected a whole number from 1 to 256, got -1"
+            in result.stderr
+        )
+        assert "services[0].timeouts.conect: unknown key" in result.stderr
+
+
+def test_config_file_runs_several_services(cluster: Cluster) -> None:
+    a, b = cluster.backend(), cluster.backend()
+    port_a, port_b = free_port(), free_port()
+    config = cluster.tmp / "lb.toml"
+    config.write_text(
+        f"""
+[log]
+file = "{cluster.tmp / "lb.log"}"
+format = "text"
+[[services]]
+name = "one"
+listen = "127.0.0.1:{port_a}"
+backends = [{{ address = "127.0.0.1:{a}" }}]
+[[services]]
+name = "two"
+listen = "127.0.0.1:{port_b}"
+algorithm = "least_connections"
+backends = [{{ address = "127.0.0.1:{b}", weight = 2 }}]
+[services.timeouts]
+connect = "500ms"
+idle = "5m"
+"""
+    )
+    assert run_cli("check", str(config)).returncode == 0
+    cluster.balancer("--config", str(config))
+    assert served_by(exchange(port_a)) == a
+    assert served_by(exchange(port_b)) == b
+
+
+def test_unreachable_backends_do_not_stop_startup(cluster: Cluster) -> None:
+    dead = free_port()
+    _, port = cluster.balancer(f"--backend=127.0.0.1:{dead}")
+    # The client is closed cleanly: nothing to relay, and the balancer keeps running.
+    assert exchange(port) == b""
+    live = cluster.backend()
+    assert live != dead

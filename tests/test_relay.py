@@ -1,0 +1,188 @@
+"""The relay end to end: real balancer and backend processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import socket
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import Cluster, exchange, served_by, wait_for_log
+
+MIB = 1024 * 1024
+
+
+def echo_transfer(port: int, size: int, seed: int) -> tuple[str, str]:
+    """Send `size` pseudo-random bytes, half-close, read the echo to EOF; both sha256s."""
+    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB, distinct per seed
+    sent = hashlib.sha256()
+    got = hashlib.sha256()
+    received = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+
+        def reader() -> None:
+            nonlocal received
+            while chunk := s.recv(256 * 1024):
+                got.update(chunk)
+                received += len(chunk)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        remaining = size
+        while remaining:
+            piece = block[: min(len(block), remaining)]
+            s.sendall(piece)
+            sent.update(piece)
+            remaining -= len(piece)
+        s.shutdown(socket.SHUT_WR)  # half-close: the echo must still come back whole
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "echo did not finish"
+    assert received == size
+    return sent.hexdigest(), got.hexdigest()
+
+
+def test_parallel_large_echo_with_half_close(cluster: Cluster) -> None:
+    backends = [cluster.backend("echo") for _ in range(3)]
+    _, port = cluster.balancer(*[f"--backend=127.0.0.1:{p}" for p in backends])
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: echo_transfer(port, 16 * MIB, i), range(16)))
+    for sent, got in results:
+        assert sent == got
+    assert len({sent for sent, _ in results}) == 16
+
+
+def test_round_robin_exact_shares(cluster: Cluster) -> None:
+    backends = [cluster.backend() for _ in range(3)]
+    _, port = cluster.balancer(
+        "--algorithm", "round_robin", *[f"--backend=127.0.0.1:{p}" for p in backends]
+    )
+    counts = Counter(served_by(exchange(port)) for _ in range(300))
+    assert counts == {p: 100 for p in backends}
+
+
+def test_weighted_round_robin_exact_shares(cluster: Cluster) -> None:
+    backends = [cluster.backend() for _ in range(3)]
+    flags = [
+        f"--backend=127.0.0.1:{p},weight={w}" for p, w in zip(backends, (1, 2, 3), strict=True)
+    ]
+    _, port = cluster.balancer("--algorithm", "round_robin", *flags)
+    order = [served_by(exchange(port)) for _ in range(600)]
+    assert Counter(order) == {backends[0]: 100, backends[1]: 200, backends[2]: 300}
+    # Smooth: interleaved, not in bursts; the heaviest never takes more than two in a row.
+    assert max(len(list(run)) for _, run in itertools.groupby(order)) <= 2
+
+
+def http_get(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed before a response"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return body
+
+
+def test_least_connections_spreads_held_connections(cluster: Cluster) -> None:
+    backends = [cluster.backend("http") for _ in range(3)]
+    _, port = cluster.balancer(
+        "--algorithm", "least_connections", *[f"--backend=127.0.0.1:{p}" for p in backends]
+    )
+    held = []
+    try:
+        for _ in range(30):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(s)
+            served_by(http_get(s))  # the connection is established through the balancer
+        counts = Counter(served_by(http_get(s)) for s in held)
+        assert counts == {p: 10 for p in backends}
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_failed_connect_is_retried_on_another_backend(cluster: Cluster) -> None:
+    live = [cluster.backend() for _ in range(2)]
+    dead = cluster.backend()
+    cluster.backend_process(dead).stop()
+    flags = [f"--backend=127.0.0.1:{p}" for p in (*live, dead)]
+    _, port = cluster.balancer("--algorithm", "round_robin", *flags)
+    answers = [served_by(exchange(port)) for _ in range(30)]
+    assert set(answers) == set(live)
+    log = wait_for_log(
+        cluster.tmp / "lb.log", rf"event down .*backend=127\.0\.0\.1:{dead} .*connection refused"
+    )
+    assert log
+
+
+def test_no_reachable_backend_sends_message_and_closes(cluster: Cluster) -> None:
+    dead = cluster.backend()
+    cluster.backend_process(dead).stop()
+    _, port = cluster.balancer(
+        f"--backend=127.0.0.1:{dead}",
+        "--no-backend-message",
+        "503 Service Unavailable\n",
+        "--no-health-check",
+    )
+    assert exchange(port) == b"503 Service Unavailable\n"
+    # The backend is now ejected, so the next client finds no eligible backend at all.
+    assert exchange(port) == b"503 Service Unavailable\n"
+    log = cluster.tmp / "lb.log"
+    wait_for_log(log, r"termination=connect_failed")
+    wait_for_log(log, r"termination=no_backend")
+
+
+def test_idle_timeout_ends_connection(cluster: Cluster) -> None:
+    backend = cluster.backend("echo")
+    _, port = cluster.balancer(f"--backend=127.0.0.1:{backend}", "--idle-timeout", "300ms")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"ping")
+        assert s.recv(100) == b"ping"
+        assert s.recv(100) == b""  # closed by the balancer after 300 ms of silence
+    wait_for_log(
+        cluster.tmp / "lb.log", r"bytes_in=4 bytes_out=4 retries=0 termination=idle_timeout"
+    )
+
+
+def test_access_log_fields_json(cluster: Cluster) -> None:
+    backend = cluster.backend()
+    _, port = cluster.balancer(f"--backend=127.0.0.1:{backend}", "--log-format", "json")
+    assert served_by(exchange(port, b"hello")) == backend
+
+    line = wait_for_log(cluster.tmp / "lb.log", r'\{"time".*"type":"access".*\}').group(0)
+    record = json.loads(line)
+    assert record["backend"] == f"127.0.0.1:{backend}"
+    assert record["bytes_in"] == 5
+    assert record["bytes_out"] == len(f"Hello from Server {backend}!")
+    assert record["termination"] == "backend_closed"
+    assert record["retries"] == 0
+    assert record["connect_ms"] >= 0 and record["duration_ms"] >= record["connect_ms"]
+    assert set(record) >= {"time", "service", "client", "backend", "connect_ms", "duration_ms"}
+
+
+def test_sigterm_drains_open_connection(cluster: Cluster) -> None:
+    backend = cluster.backend("echo")
+    proc, port = cluster.balancer(f"--backend=127.0.0.1:{backend}")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"before")
+        assert s.recv(100) == b"before"
+        proc.signal(15)
+        wait_for_log(cluster.tmp / "lb.log", r"SIGTERM: stopping, 1 connections open")
+        s.sendall(b"during")
+        assert s.recv(100) == b"during"  # still relayed while draining
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b""
+    assert proc.wait() == 0
+    wait_for_log(cluster.tmp / "lb.log", r"event stop")
