@@ -136,11 +136,51 @@ class Timeouts:
 @dataclass(frozen=True)
 class HealthCheckConfig:
     enabled: bool = True
-    type: str = "tcp"
+    type: str = "tcp"  # tcp, http or send_expect
     interval: float = 2.0
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
+    path: str = "/"  # http
+    host: str | None = None  # http: Host header, default the backend's address
+    expect_status: tuple[tuple[int, int], ...] = ((200, 399),)  # http
+    send: bytes = b""  # send_expect
+    expect: str = ""  # send_expect: a regex the response must match
+
+
+def parse_status_ranges(value: object) -> tuple[tuple[int, int], ...]:
+    """`200-399`, `200`, `"200,204,300-302"` or a list of those, as inclusive ranges."""
+    items = value if isinstance(value, list) else [value]
+    ranges = []
+    for item in items:
+        for part in str(item).split(",") if isinstance(item, str | int) else [item]:
+            match = re.fullmatch(r"\s*(\d{3})\s*(?:-\s*(\d{3})\s*)?", str(part))
+            if isinstance(part, bool) or not match:
+                raise ValueError(
+                    f"expected HTTP statuses such as 200-399 or 200,204, got {value!r}"
+                )
+            low = int(match.group(1))
+            high = int(match.group(2) or low)
+            if not 100 <= low <= high <= 599:
+                raise ValueError(f"expected statuses from 100 to 599, low first, got {value!r}")
+            ranges.append((low, high))
+    if not ranges:
+        raise ValueError(f"expected at least one status, got {value!r}")
+    return tuple(ranges)
+
+
+@dataclass(frozen=True)
+class PassiveConfig:
+    """Passive ejection, retries and recovery of a service's backends."""
+
+    max_fails: int = 3  # consecutive timeouts or resets before ejection
+    max_fails_refused: int = 1  # consecutive refused connects before ejection
+    ejection_time: float = 10.0  # doubled on each repeated ejection ...
+    max_ejection_time: float = 300.0  # ... up to this
+    retry_replay: bool = False  # replay the client's first bytes when a backend dies unanswered
+    replay_limit: int = 16384
+    slow_start: float = 0.0  # seconds over which a returning backend's weight ramps up
+    panic: bool = False  # when no backend is up, spread over all instead of refusing
 
 
 @dataclass(frozen=True)
@@ -154,6 +194,7 @@ class ServiceConfig:
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     retries: int = 3
     no_backend_message: bytes | None = None
+    passive: PassiveConfig = field(default_factory=PassiveConfig)
 
 
 @dataclass(frozen=True)
@@ -309,19 +350,62 @@ def _timeouts(value: object, path: str, errors: list[str]) -> Timeouts:
     return result
 
 
+def _regex(value: object) -> str:
+    text = _string(value)
+    try:
+        re.compile(text.encode())
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}, in {text!r}") from None
+    return text
+
+
+def _http_path(value: object) -> str:
+    text = _string(value)
+    if not text.startswith("/") or any(c in text for c in " \r\n"):
+        raise ValueError(f"expected a path starting with / and without spaces, got {text!r}")
+    return text
+
+
 def _health(value: object, path: str, errors: list[str]) -> HealthCheckConfig:
     table = _Table(value, path, errors)
     defaults = HealthCheckConfig()
     result = HealthCheckConfig(
         enabled=table.get("enabled", defaults.enabled, _boolean),
-        type=table.get("type", defaults.type, _choice("tcp")),
+        type=table.get("type", defaults.type, _choice("tcp", "http", "send_expect")),
         interval=table.get("interval", defaults.interval, _positive_duration),
         timeout=table.get("timeout", defaults.timeout, _positive_duration),
         rise=table.get("rise", defaults.rise, _int_in(1, 100)),
         fall=table.get("fall", defaults.fall, _int_in(1, 100)),
+        path=table.get("path", defaults.path, _http_path),
+        host=table.get("host", defaults.host, _string),
+        expect_status=table.get("expect_status", defaults.expect_status, parse_status_ranges),
+        send=table.get("send", defaults.send, _message),
+        expect=table.get("expect", defaults.expect, _regex),
     )
     table.finish()
+    if result.type == "send_expect" and not result.expect:
+        errors.append(f'{path}.expect: required for type = "send_expect"')
+    if result.timeout > result.interval:
+        errors.append(
+            f"{path}.timeout: must not exceed interval ({result.interval:g}s), "
+            f"got {result.timeout:g}s"
+        )
     return result
+
+
+def _passive(table: _Table) -> PassiveConfig:
+    """Passive-ejection keys, read from the service table itself."""
+    d = PassiveConfig()
+    return PassiveConfig(
+        max_fails=table.get("max_fails", d.max_fails, _int_in(1, 1000)),
+        max_fails_refused=table.get("max_fails_refused", d.max_fails_refused, _int_in(1, 1000)),
+        ejection_time=table.get("ejection_time", d.ejection_time, _positive_duration),
+        max_ejection_time=table.get("max_ejection_time", d.max_ejection_time, _positive_duration),
+        retry_replay=table.get("retry_replay", d.retry_replay, _boolean),
+        replay_limit=table.get("replay_limit", d.replay_limit, _int_in(1, 1 << 20)),
+        slow_start=table.get("slow_start", d.slow_start, parse_duration),
+        panic=table.get("panic", d.panic, _boolean),
+    )
 
 
 def _message(value: object) -> bytes:
@@ -337,6 +421,7 @@ def _service(item: object, path: str, errors: list[str]) -> ServiceConfig | None
     algorithm = table.get("algorithm", "round_robin", check_algorithm)
     retries = table.get("retries", 3, _int_in(0, 100))
     message = table.get("no_backend_message", None, _message)
+    passive = _passive(table)
     table.seen.update({"backends", "discover", "timeouts", "health_check"})
     backends: list[BackendConfig] = []
     raw_backends = table.data.get("backends", [])
@@ -375,6 +460,7 @@ def _service(item: object, path: str, errors: list[str]) -> ServiceConfig | None
         health_check=health,
         retries=retries,
         no_backend_message=message,
+        passive=passive,
     )
 
 

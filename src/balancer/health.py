@@ -1,100 +1,304 @@
-"""Health: which backends may take traffic. Active probes run here; the relay reports
-passive failures here. Health never picks a backend and never moves bytes.
+"""Health: which backends may take traffic.
+
+Active probes (tcp, http, send_expect) run here, one loop per backend, concurrently and with
+jitter. The relay reports passive failures and successes here; enough consecutive failures eject
+a backend for a time that doubles on repeated ejections. A returning backend may slow-start.
+Health never picks a backend and never moves bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
+import time
 from dataclasses import dataclass
 
-from balancer.config import HealthCheckConfig
+import h11
+
+from balancer.config import HealthCheckConfig, PassiveConfig
 from balancer.pool import DOWN, UP, Backend, Pool
 from balancer.relay import describe_error
 
 JITTER = 0.1  # each interval is stretched or shrunk by up to 10%, so checks do not fire together
+SLOW_START_STEPS = 10
+MAX_RESPONSE = 65536  # bytes of a check response read at most
+
+
+# -- pure parts: what to send, and how to read the answer ------------------------------------
+
+
+def http_check_request(path: str, host: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: balancer-health-check\r\n"
+        "Accept: */*\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
+
+
+def http_response_status(data: bytes, *, complete: bool = False) -> int | None:
+    """The status of an HTTP response's head in `data`, or None while more bytes are needed.
+
+    `complete` says the peer has closed, so a missing head is an error. Malformed input raises
+    ValueError with what h11 found wrong.
+    """
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "check")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    if complete:
+        conn.receive_data(b"")
+    try:
+        while True:
+            event = conn.next_event()
+            if isinstance(event, h11.Response):
+                return int(event.status_code)
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if event is h11.NEED_DATA:
+                if complete:
+                    raise ValueError("connection closed before a complete response head")
+                return None
+            raise ValueError(f"unexpected {type(event).__name__} before a response")
+    except h11.RemoteProtocolError as exc:
+        raise ValueError(f"malformed HTTP response: {exc}") from None
+
+
+def status_ok(status: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(low <= status <= high for low, high in ranges)
+
+
+# -- probes ----------------------------------------------------------------------------------
+
+
+async def probe(backend: Backend, check: HealthCheckConfig) -> str | None:
+    """None when the backend passes `check`, else a short description of what went wrong."""
+    address = backend.address
+    try:
+        async with asyncio.timeout(check.timeout):
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            try:
+                if check.type == "http":
+                    return await _http(reader, writer, check, str(address))
+                if check.type == "send_expect":
+                    return await _send_expect(reader, writer, check)
+                return None
+            finally:
+                writer.transport.abort()
+    except TimeoutError:
+        return f"no answer within {check.timeout:g}s"
+    except OSError as exc:
+        return describe_error(exc)
+
+
+async def _http(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, check: HealthCheckConfig, host: str
+) -> str | None:
+    writer.write(http_check_request(check.path, check.host or host))
+    data = b""
+    while True:
+        chunk = await reader.read(4096)
+        data += chunk
+        try:
+            status = http_response_status(data, complete=not chunk)
+        except ValueError as exc:
+            return str(exc)
+        if status is not None:
+            if status_ok(status, check.expect_status):
+                return None
+            return f"http status {status} for {check.path}"
+        if len(data) > MAX_RESPONSE:
+            return f"no response head in the first {MAX_RESPONSE} bytes"
+
+
+async def _send_expect(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, check: HealthCheckConfig
+) -> str | None:
+    if check.send:
+        writer.write(check.send)
+    pattern = re.compile(check.expect.encode())
+    data = b""
+    while len(data) <= MAX_RESPONSE:
+        if pattern.search(data):
+            return None
+        chunk = await reader.read(4096)
+        if not chunk:
+            return f"closed without a response matching {check.expect!r} (got {data[:60]!r})"
+        data += chunk
+    return f"no response matching {check.expect!r} in {MAX_RESPONSE} bytes"
+
+
+# -- the health of one service's backends ----------------------------------------------------
 
 
 @dataclass
-class Streak:
-    ok: int = 0
-    failed: int = 0
-    last_error: str = ""
+class Tracking:
+    """What health knows of one backend beyond its state in the pool."""
+
+    ok: int = 0  # consecutive passed checks
+    failed: int = 0  # consecutive failed checks
+    fails: int = 0  # consecutive passive failures (timeouts, resets)
+    refused: int = 0  # consecutive refused connects
+    ejections: int = 0  # ejections in a row, for the doubling
+    ejection_time: float = 0.0
+    ejected_until: float = 0.0
+    returned_at: float = 0.0
+    task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    ramp: asyncio.TimerHandle | None = None
 
 
-async def probe_tcp(backend: Backend, timeout: float) -> str | None:
-    """None when a TCP connect succeeds within the timeout, else what went wrong."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            transport, _ = await loop.create_connection(
-                asyncio.Protocol, backend.address.host, backend.address.port
-            )
-    except (OSError, TimeoutError) as exc:
-        return describe_error(exc).replace("connect timeout", f"no answer within {timeout:g}s")
-    transport.abort()
-    return None
-
-
-class HealthChecker:
-    """Runs one probe loop per backend of a pool, concurrently, and applies rise and fall."""
-
-    def __init__(self, pool: Pool, config: HealthCheckConfig) -> None:
+class Health:
+    def __init__(self, pool: Pool, check: HealthCheckConfig, passive: PassiveConfig) -> None:
         self.pool = pool
-        self.config = config
-        self.streaks: dict[Backend, Streak] = {}
-        self.tasks: dict[Backend, asyncio.Task[None]] = {}
+        self.check = check
+        self.passive = passive
+        self.tracking: dict[Backend, Tracking] = {}
+
+    def _track(self, backend: Backend) -> Tracking:
+        tracking = self.tracking.get(backend)
+        if tracking is None:
+            tracking = self.tracking[backend] = Tracking()
+        return tracking
 
     def sync(self) -> None:
-        """Start probing new backends and stop probing removed ones."""
-        if not self.config.enabled:
-            return
+        """Start watching new backends and forget removed ones."""
         current = set(self.pool.backends.values())
-        for backend in list(self.tasks):
+        for backend in list(self.tracking):
             if backend not in current:
-                self.tasks.pop(backend).cancel()
-                self.streaks.pop(backend, None)
-        for backend in current - self.tasks.keys():
-            self.streaks[backend] = Streak()
-            self.tasks[backend] = asyncio.get_running_loop().create_task(self._watch(backend))
+                self._cancel(self.tracking.pop(backend))
+        loop = asyncio.get_running_loop()
+        for backend in current:
+            tracking = self._track(backend)
+            if self.check.enabled and tracking.task is None:
+                tracking.task = loop.create_task(self._watch(backend))
 
     def stop(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        self.tasks.clear()
+        for tracking in self.tracking.values():
+            self._cancel(tracking)
+        self.tracking.clear()
 
-    def passive_failure(self, backend: Backend) -> None:
-        """A live connection failed: the backend must pass `rise` checks again to return."""
-        streak = self.streaks.get(backend)
-        if streak is not None:
-            streak.ok = 0
+    @staticmethod
+    def _cancel(tracking: Tracking) -> None:
+        for handle in (tracking.task, tracking.timer, tracking.ramp):
+            if handle is not None:
+                handle.cancel()
+
+    # -- active checks ---------------------------------------------------------------------
 
     async def _watch(self, backend: Backend) -> None:
-        interval = self.config.interval
+        interval = self.check.interval
         await asyncio.sleep(random.uniform(0, min(interval, 0.2)))
         while True:
-            error = await probe_tcp(backend, self.config.timeout)
-            self.record(backend, error)
+            self.record(backend, await probe(backend, self.check))
             await asyncio.sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))
 
     def record(self, backend: Backend, error: str | None) -> None:
-        streak = self.streaks.setdefault(backend, Streak())
+        """Apply one check result, with rise and fall."""
+        tracking = self._track(backend)
         first = not backend.checked
-        if error is None:
-            streak.ok += 1
-            streak.failed = 0
-            if backend.health == DOWN and (first or streak.ok >= self.config.rise):
-                self.pool.set_health(backend, UP, self._up_reason(streak, first))
-        else:
-            streak.failed += 1
-            streak.ok = 0
-            streak.last_error = error
-            if backend.health == UP and streak.failed >= self.config.fall:
-                reason = f"{streak.failed} consecutive tcp check failures, {error}"
-                self.pool.set_health(backend, DOWN, reason)
         backend.checked = True
+        kind = self.check.type
+        if error is None:
+            tracking.ok += 1
+            tracking.failed = 0
+            if backend.health == DOWN and time.monotonic() >= tracking.ejected_until:
+                if first:
+                    self._up(backend, f"{kind} check passed")
+                elif tracking.ok >= self.check.rise:
+                    self._up(backend, f"{tracking.ok} consecutive {kind} checks passed")
+        else:
+            tracking.failed += 1
+            tracking.ok = 0
+            if backend.health == UP and tracking.failed >= self.check.fall:
+                plural = "s" if tracking.failed > 1 else ""
+                self.pool.set_health(
+                    backend,
+                    DOWN,
+                    f"{tracking.failed} consecutive {kind} check failure{plural}, {error}",
+                )
 
-    def _up_reason(self, streak: Streak, first: bool) -> str:
-        if first:
-            return "tcp check passed"
-        return f"{streak.ok} consecutive tcp checks passed"
+    # -- passive detection -----------------------------------------------------------------
+
+    def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None:
+        """A connect was refused or timed out, or the backend reset before answering."""
+        backend.failures += 1
+        tracking = self._track(backend)
+        tracking.ok = 0  # a live failure outweighs earlier passed checks
+        if refused:
+            tracking.refused += 1
+            count, limit, what = tracking.refused, self.passive.max_fails_refused, "refused connect"
+        else:
+            tracking.fails += 1
+            count, limit, what = tracking.fails, self.passive.max_fails, "failure"
+        if count >= limit and backend.health == UP:
+            self._eject(
+                backend, tracking, f"{count} consecutive {what}{'s' if count > 1 else ''} ({error})"
+            )
+
+    def passive_success(self, backend: Backend) -> None:
+        tracking = self.tracking.get(backend)
+        if tracking is not None:
+            tracking.fails = tracking.refused = 0
+
+    def _eject(self, backend: Backend, tracking: Tracking, why: str) -> None:
+        now = time.monotonic()
+        # A backend that stayed up twice its last ejection time starts the doubling afresh.
+        if tracking.returned_at and now - tracking.returned_at >= 2 * tracking.ejection_time:
+            tracking.ejections = 0
+        tracking.ejections += 1
+        duration = min(
+            self.passive.ejection_time * 2 ** (tracking.ejections - 1),
+            self.passive.max_ejection_time,
+        )
+        tracking.ejection_time = duration
+        tracking.ejected_until = now + duration
+        tracking.fails = tracking.refused = 0
+        if tracking.timer is not None:
+            tracking.timer.cancel()
+        tracking.timer = asyncio.get_running_loop().call_later(
+            duration, self._ejection_over, backend
+        )
+        self.pool.set_health(backend, DOWN, f"ejected for {duration:g}s after {why}")
+
+    def _ejection_over(self, backend: Backend) -> None:
+        tracking = self._track(backend)
+        tracking.timer = None
+        if backend.health == UP:
+            return
+        if not self.check.enabled:
+            self._up(backend, f"ejection of {tracking.ejection_time:g}s over")
+        elif tracking.ok >= self.check.rise:
+            self._up(backend, f"ejection over and {tracking.ok} consecutive checks passed")
+        # else: the active check brings it back after `rise` passes
+
+    # -- returning ---------------------------------------------------------------------------
+
+    def _up(self, backend: Backend, reason: str) -> None:
+        tracking = self._track(backend)
+        tracking.returned_at = time.monotonic()
+        was_checked_before = backend.transitions.get(DOWN, 0) > 0
+        slow = self.passive.slow_start
+        if slow > 0 and was_checked_before:
+            backend.effective_weight = backend.weight / SLOW_START_STEPS
+            reason += f", slow start over {slow:g}s"
+            self.pool.set_health(backend, UP, reason)
+            self._schedule_ramp(backend, tracking, 1)
+        else:
+            backend.effective_weight = backend.weight
+            self.pool.set_health(backend, UP, reason)
+
+    def _schedule_ramp(self, backend: Backend, tracking: Tracking, step: int) -> None:
+        loop = asyncio.get_running_loop()
+        tracking.ramp = loop.call_later(
+            self.passive.slow_start / SLOW_START_STEPS, self._ramp, backend, step + 1
+        )
+
+    def _ramp(self, backend: Backend, step: int) -> None:
+        tracking = self._track(backend)
+        tracking.ramp = None
+        if backend.health != UP:
+            return
+        weight = backend.weight * min(step, SLOW_START_STEPS) / SLOW_START_STEPS
+        self.pool.set_effective_weight(backend, weight)
+        if step < SLOW_START_STEPS:
+            self._schedule_ramp(backend, tracking, step)

@@ -35,12 +35,14 @@ class Backend:
         "bytes_out",
         "checked",
         "connect_failures",
+        "effective_weight",
         "failures",
         "health",
         "key",
         "last_change",
         "state",
         "total",
+        "transitions",
         "weight",
     )
 
@@ -48,6 +50,8 @@ class Backend:
         self.address = address
         self.key = str(address)
         self.weight = weight
+        # What selection uses: the weight, or less while a returning backend slow-starts.
+        self.effective_weight: float = weight
         self.health = health
         self.state = ENABLED
         self.checked = False
@@ -57,6 +61,7 @@ class Backend:
         self.bytes_out = 0
         self.failures = 0
         self.connect_failures = 0
+        self.transitions: dict[str, int] = {}
         self.last_change = time.time()
 
     @property
@@ -76,20 +81,34 @@ Listener = Callable[[str, Backend, str], None]
 class Pool:
     """The backends of one service and the algorithm choosing among the eligible ones."""
 
-    def __init__(self, name: str, algorithm: Algorithm) -> None:
+    def __init__(self, name: str, algorithm: Algorithm, *, panic: bool = False) -> None:
         self.name = name
         self.algorithm = algorithm
+        self.panic = panic
+        self.panicking = False
         self.backends: dict[Address, Backend] = {}
         self.listeners: list[Listener] = []
+        self.panic_listeners: list[Callable[[bool, int], None]] = []
         self.eligible: tuple[Backend, ...] = ()
 
     def _emit(self, event: str, backend: Backend, message: str) -> None:
+        backend.transitions[event] = backend.transitions.get(event, 0) + 1
         for listener in self.listeners:
             listener(event, backend, message)
 
     def _rebuild(self) -> None:
-        self.eligible = tuple(b for b in self.backends.values() if b.eligible)
-        self.algorithm.update(self.eligible)
+        eligible = tuple(b for b in self.backends.values() if b.eligible)
+        panicking = False
+        if not eligible and self.panic:
+            # Envoy's panic mode: better to try every enabled backend than to refuse everyone.
+            eligible = tuple(b for b in self.backends.values() if b.state == ENABLED)
+            panicking = bool(eligible)
+        if panicking != self.panicking:
+            self.panicking = panicking
+            for listener in self.panic_listeners:
+                listener(panicking, len(eligible))
+        self.eligible = eligible
+        self.algorithm.update(eligible)
 
     def candidates(self, client: str) -> Iterator[Backend]:
         """Eligible backends for a client, best first; retries walk on down the list."""
@@ -136,5 +155,12 @@ class Pool:
         if backend.weight == weight:
             return
         old, backend.weight = backend.weight, weight
+        backend.effective_weight = weight
         self._rebuild()
         self._emit("weight", backend, f"weight {old} -> {weight}")
+
+    def set_effective_weight(self, backend: Backend, weight: float) -> None:
+        """Slow start's ramp: selection sees `weight`, the operator's weight stays."""
+        if backend.effective_weight != weight and self.backends.get(backend.address) is backend:
+            backend.effective_weight = weight
+            self._rebuild()

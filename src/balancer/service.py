@@ -12,12 +12,11 @@ import socket
 
 from balancer import algorithms
 from balancer.config import ServiceConfig
-from balancer.health import HealthChecker
+from balancer.health import Health
 from balancer.logs import AccessRecord, EventLog
-from balancer.pool import DOWN, UP, Backend, Pool
+from balancer.pool import DOWN, Backend, Pool
 from balancer.relay import Session, Termination
 
-PASSIVE_EJECTION = 10.0  # seconds a passively failed backend stays out when no checks run
 BACKLOG = 1024
 
 
@@ -30,9 +29,11 @@ class Service:
         self.config = config
         self.name = config.name
         self.log = log
-        self.pool = Pool(config.name, algorithms.create(config.algorithm))
+        algorithm = algorithms.create(config.algorithm)
+        self.pool = Pool(config.name, algorithm, panic=config.passive.panic)
         self.pool.listeners.append(self._state_changed)
-        self.health = HealthChecker(self.pool, config.health_check)
+        self.pool.panic_listeners.append(self._panic_changed)
+        self.health = Health(self.pool, config.health_check, config.passive)
         self.sessions: set[Session] = set()
         self.server: asyncio.Server | None = None
         self.closing = False
@@ -86,23 +87,29 @@ class Service:
             backend=backend.key,
         )
 
-    def connect_failed(self, backend: Backend, error: str) -> None:
-        """Passive detection: a failed connect takes the backend out at once."""
-        backend.failures += 1
-        backend.connect_failures += 1
-        self.health.passive_failure(backend)
-        if backend.health == UP:
-            self.pool.set_health(backend, DOWN, f"connect failed: {error} (passive)")
-            if not self.config.health_check.enabled:
-                asyncio.get_running_loop().call_later(PASSIVE_EJECTION, self._end_ejection, backend)
+    def _panic_changed(self, panicking: bool, count: int) -> None:
+        if panicking:
+            message = f"panic: no backend is up, spreading over all {count} enabled backends"
+        else:
+            message = "panic over: a backend is up again"
+        self.log.event("panic" if panicking else "panic_over", message, service=self.name)
 
-    def _end_ejection(self, backend: Backend) -> None:
-        self.pool.set_health(backend, UP, f"ejection of {PASSIVE_EJECTION:g}s ended")
+    def connect_failed(self, backend: Backend, error: str, *, refused: bool) -> None:
+        """Passive detection: a connect was refused or timed out."""
+        backend.connect_failures += 1
+        self.health.passive_failure(backend, f"connect: {error}", refused=refused)
+
+    def backend_failed(self, backend: Backend, error: str) -> None:
+        """Passive detection: a connected backend closed or reset before answering."""
+        self.health.passive_failure(backend, f"{error} before answering", refused=False)
+
+    def backend_answered(self, backend: Backend) -> None:
+        self.health.passive_success(backend)
 
     def log_no_backend(self, session: Session, error: str) -> None:
         self.log.event(
             "no_backend",
-            f"no backend reachable for {session.peer} after {session.retries + 1} attempts, "
+            f"no backend reachable for {session.peer} after {session.attempts} attempts, "
             f"last: {error}",
             service=self.name,
         )

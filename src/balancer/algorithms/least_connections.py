@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 def load(backend: Backend) -> float:
     """The load a new connection would see: (active + 1) / weight."""
-    return (backend.active + 1) / backend.weight
+    return (backend.active + 1) / backend.effective_weight
 
 
 class LeastConnections:

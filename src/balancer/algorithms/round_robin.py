@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from balancer.pool import Backend
 
+MAX_CYCLE = 65536
+
 
 def smooth_schedule(weights: Sequence[int]) -> list[int]:
     """One cycle of indexes: each index appears weight/gcd times, spread out, not in bursts."""
@@ -18,6 +20,10 @@ def smooth_schedule(weights: Sequence[int]) -> list[int]:
     divisor = reduce(math.gcd, weights)
     reduced = [w // divisor for w in weights]
     total = sum(reduced)
+    if total > MAX_CYCLE:
+        # Exact shares would need too long a cycle; keep them to within 1/MAX_CYCLE.
+        reduced = [max(1, round(w * MAX_CYCLE / total)) for w in reduced]
+        total = sum(reduced)
     current = [0] * len(reduced)
     schedule = []
     for _ in range(total):
@@ -39,7 +45,9 @@ class RoundRobin:
 
     def update(self, backends: Sequence[Backend]) -> None:
         self._backends = tuple(backends)
-        self._schedule = smooth_schedule([b.weight for b in backends])
+        # Sixteenths, so a slow-starting backend's fractional weight still counts.
+        weights = [max(1, round(b.effective_weight * 16)) for b in backends]
+        self._schedule = smooth_schedule(weights)
         self._position = 0
 
     def candidates(self, client: str) -> Iterator[Backend]:

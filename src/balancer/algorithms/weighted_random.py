@@ -16,17 +16,17 @@ class WeightedRandom:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._backends: tuple[Backend, ...] = ()
-        self._cumulative: list[int] = []
+        self._cumulative: list[float] = []
 
     def update(self, backends: Sequence[Backend]) -> None:
         self._backends = tuple(backends)
-        self._cumulative = list(itertools.accumulate(b.weight for b in backends))
+        self._cumulative = list(itertools.accumulate(b.effective_weight for b in backends))
 
     def candidates(self, client: str) -> Iterator[Backend]:
         backends = self._backends
         if not backends:
             return
-        point = self._rng.randrange(self._cumulative[-1])
+        point = self._rng.random() * self._cumulative[-1]
         first = bisect.bisect_right(self._cumulative, point)
         yield backends[first]
         rest = [b for i, b in enumerate(backends) if i != first]
