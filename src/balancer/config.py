@@ -10,7 +10,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -385,6 +385,8 @@ def _health(value: object, path: str, errors: list[str]) -> HealthCheckConfig:
     table.finish()
     if result.type == "send_expect" and not result.expect:
         errors.append(f'{path}.expect: required for type = "send_expect"')
+    if "timeout" not in table.data and result.timeout > result.interval:
+        result = replace(result, timeout=result.interval)  # a short interval bounds the default
     if result.timeout > result.interval:
         errors.append(
             f"{path}.timeout: must not exceed interval ({result.interval:g}s), "

@@ -1,0 +1,220 @@
+"""Fault tolerance with real processes: killed, flapping, hanging and silent backends."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from conftest import (
+    Cluster,
+    Process,
+    balancer_cmd,
+    exchange,
+    free_port,
+    read_log,
+    served_by,
+    wait_for_log,
+    wait_until,
+)
+
+
+def write_config(cluster: Cluster, backends: list[int], extra: str = "", health: str = "") -> Path:
+    port = free_port()
+    config = cluster.tmp / "lb.toml"
+    addresses = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in backends)
+    config.write_text(
+        f"""
+[log]
+file = "{cluster.tmp / "lb.log"}"
+[[services]]
+name = "web"
+listen = "127.0.0.1:{port}"
+algorithm = "round_robin"
+backends = [{addresses}]
+{extra}
+[services.health_check]
+{health}
+"""
+    )
+    return config
+
+
+class Load:
+    """`balancer client` running for a while: 10 concurrent clients, short connections."""
+
+    def __init__(self, port: int, seconds: float, concurrency: int = 10) -> None:
+        self.proc = Process(
+            balancer_cmd(
+                "client",
+                "--target",
+                f"127.0.0.1:{port}",
+                "--concurrency",
+                str(concurrency),
+                "--duration",
+                f"{seconds}s",
+            )
+        )
+
+    def result(self, timeout: float) -> tuple[int, int, str]:
+        self.proc.wait(timeout=timeout)
+        self.proc.stop()
+        text = self.proc.text
+        match = re.search(r"succeeded: (\d+)\s+failed: (\d+)", text)
+        assert match, text
+        return int(match.group(1)), int(match.group(2)), text
+
+
+def event_time(line: str) -> float:
+    stamp = line.split()[0]
+    base, millis = stamp.split(".")
+    return time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + int(millis) / 1000
+
+
+def test_sigkill_under_load_loses_no_client(cluster: Cluster) -> None:
+    backends = [cluster.backend() for _ in range(3)]
+    victim = backends[1]
+    config = write_config(
+        cluster,
+        backends,
+        extra='retry_replay = true\nejection_time = "2s"',
+        health='interval = "1s"\nrise = 2\nfall = 3',
+    )
+    _, port = cluster.balancer("--config", str(config))
+    log = cluster.tmp / "lb.log"
+    load = Load(port, seconds=9)
+    wait_for_log(log, rf"backend=127\.0\.0\.1:{victim} .*termination=backend_closed")
+    killed_at = time.time()
+    cluster.backend_process(victim).signal(signal.SIGKILL)
+    down = wait_for_log(log, rf".* event down .*backend=127\.0\.0\.1:{victim} .*", timeout=5)
+    assert event_time(down.group(0)) - killed_at < 1.0, down.group(0)
+    succeeded, failed, text = load.result(timeout=30)
+    assert failed == 0, text
+    assert succeeded > 100, text
+
+    # Restarted (the 2s ejection long over), it serves again within rise x interval (2 x 1s).
+    restart = Process(balancer_cmd("backend", str(victim)))
+    cluster.processes.append(restart)
+    restart.expect("listening")
+    restarted_at = time.time()
+    up = wait_for_log(log, rf".* event up .*backend=127\.0\.0\.1:{victim} .*", timeout=10)
+    assert event_time(up.group(0)) - restarted_at <= 2 * 1.0 * 1.1 + 0.5, up.group(0)
+    assert victim in {served_by(exchange(port)) for _ in range(6)}
+
+
+def test_sigkill_without_traffic_is_found_by_checks(cluster: Cluster) -> None:
+    backends = [cluster.backend() for _ in range(3)]
+    config = write_config(cluster, backends, health='interval = "500ms"\nfall = 3')
+    cluster.balancer("--config", str(config))
+    log = cluster.tmp / "lb.log"
+    wait_until(lambda: len(re.findall(r"event ", read_log(log))) >= 2, 5)
+    killed_at = time.time()
+    cluster.backend_process(backends[0]).signal(signal.SIGKILL)
+    down = wait_for_log(log, rf".* event down .*backend=127\.0\.0\.1:{backends[0]} .*", timeout=5)
+    # interval x fall, plus the check timeout and jitter
+    assert event_time(down.group(0)) - killed_at <= 0.5 * 1.1 * 3 + 1.0, down.group(0)
+    assert "3 consecutive tcp check failures, connection refused" in down.group(0)
+
+
+def test_flapping_backend_loses_no_client(cluster: Cluster) -> None:
+    backends = [cluster.backend() for _ in range(3)]
+    flapper = backends[2]
+    config = write_config(cluster, backends, extra="retry_replay = true", health='interval = "1s"')
+    _, port = cluster.balancer("--config", str(config))
+    load = Load(port, seconds=22)
+    stop = threading.Event()
+
+    def flap() -> None:
+        proc = cluster.backend_process(flapper)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not stop.is_set():
+            stop.wait(1.0)
+            proc.signal(signal.SIGKILL)
+            proc.wait()
+            stop.wait(1.0)
+            proc = Process(balancer_cmd("backend", str(flapper)))
+            cluster.processes.append(proc)
+            proc.expect("listening")
+
+    flapping = threading.Thread(target=flap)
+    flapping.start()
+    try:
+        succeeded, failed, text = load.result(timeout=60)
+    finally:
+        stop.set()
+        flapping.join(timeout=30)
+    assert failed == 0, text
+    assert succeeded > 100, text
+    downs = re.findall(
+        rf"event down .*backend=127\.0\.0\.1:{flapper}", read_log(cluster.tmp / "lb.log")
+    )
+    assert downs, "the flapping backend was never taken out"
+
+
+def test_http_check_marks_silent_backend_down(cluster: Cluster) -> None:
+    good = cluster.backend("http")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # accepts (in the kernel) but never answers
+    silent_port = silent.getsockname()[1]
+    try:
+        config = write_config(
+            cluster,
+            [good, silent_port],
+            health='type = "http"\npath = "/health"\n'
+            'interval = "500ms"\ntimeout = "300ms"\nfall = 2',
+        )
+        cluster.balancer("--config", str(config))
+        line = wait_for_log(
+            cluster.tmp / "lb.log",
+            rf"event down .*backend=127\.0\.0\.1:{silent_port} .*",
+            timeout=10,
+        ).group(0)
+        assert "2 consecutive http check failures, no answer within 0.3s" in line
+        assert f"127.0.0.1:{good} down" not in read_log(cluster.tmp / "lb.log")
+    finally:
+        silent.close()
+
+
+def test_hanging_connect_costs_only_the_connect_timeout(cluster: Cluster) -> None:
+    good = [cluster.backend() for _ in range(2)]
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(0)
+    hang_port = hanging.getsockname()[1]
+    fillers = []
+    try:
+        # Fill the accept queue: further SYNs are dropped and connects to it hang.
+        for _ in range(3):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", hang_port))
+            fillers.append(f)
+        config = write_config(
+            cluster,
+            [*good, hang_port],
+            extra='max_fails = 1\n[services.timeouts]\nconnect = "500ms"',
+            health="enabled = false",
+        )
+        _, port = cluster.balancer("--config", str(config))
+        timings = []
+        for _ in range(9):
+            begin = time.monotonic()
+            assert served_by(exchange(port)) in good
+            timings.append(time.monotonic() - begin)
+        # One client waited for the connect timeout, then was served elsewhere; the
+        # backend was ejected, so no one else waited.
+        slow = [t for t in timings if t >= 0.45]
+        assert len(slow) == 1, timings
+        assert slow[0] < 1.5, timings
+        line = wait_for_log(
+            cluster.tmp / "lb.log", rf"event down .*backend=127\.0\.0\.1:{hang_port} .*"
+        )
+        assert "connect timeout" in line.group(0)
+    finally:
+        for f in fillers:
+            f.close()
+        hanging.close()
