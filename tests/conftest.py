@@ -183,10 +183,14 @@ def wait_for_log(path: Path, pattern: str, timeout: float = DEADLINE) -> re.Matc
     )
 
 
-def exchange(port: int, message: bytes = b"hi", timeout: float = 10.0) -> bytes:
-    """Connect, send, read to EOF."""
+def exchange(
+    port: int, message: bytes = b"hi", timeout: float = 10.0, half_close: bool = False
+) -> bytes:
+    """Connect, send (then half-close if asked: echo backends answer until EOF), read to EOF."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(message)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)

@@ -1,7 +1,7 @@
 """The balancer process: every service of a config on one event loop, with its lifecycle.
 
 Signals: SIGTERM drains gracefully (stop accepting, let open connections finish for up to the
-grace period), SIGINT stops at once.
+grace period), SIGINT stops at once, SIGHUP reloads the config file.
 """
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import IO
 
-from balancer.config import Config
+from balancer.admin import Admin, AdminError
+from balancer.config import Config, ConfigError, load_config
 from balancer.logs import EventLog, route_python_logging
 from balancer.service import Service, StartupError
 
@@ -19,22 +21,30 @@ FLUSH_INTERVAL = 0.5
 
 
 class Balancer:
-    def __init__(self, config: Config, log: EventLog) -> None:
+    def __init__(self, config: Config, log: EventLog, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.log = log
-        self.services = [Service(s, log) for s in config.services]
+        self.services = {s.name: Service(s, log) for s in config.services}
+        self.retired: set[asyncio.Task[object]] = set()
+        self.admin: Admin | None = None
         self._stop = asyncio.Event()
         self._grace = 0.0
         self._reason = ""
         self._flusher: asyncio.TimerHandle | None = None
+        self._reloading = asyncio.Lock()
 
     async def start(self) -> None:
         started: list[Service] = []
         try:
-            for service in self.services:
+            for service in self.services.values():
                 await service.start()
                 started.append(service)
-        except StartupError:
+            if self.config.admin.listen is not None:
+                self.admin = Admin(self, self.config.admin.listen, self.config.admin.token)
+                await self.admin.start()
+                self.log.event("admin", f"admin API and dashboard on http://{self.admin.address}/")
+        except (StartupError, AdminError):
             for service in started:
                 service.stop()
             raise
@@ -49,7 +59,7 @@ class Balancer:
         if self._stop.is_set():
             # A second signal while draining stops at once.
             self._grace = 0.0
-            for service in self.services:
+            for service in self.services.values():
                 service.stop()
             return
         self._reason = reason
@@ -60,42 +70,115 @@ class Balancer:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM", self.config.grace)
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT", 0.0)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+
+    def _reload_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload("SIGHUP"))
+        self.retired.add(task)
+        task.add_done_callback(self.retired.discard)
+
+    async def reload(self, trigger: str) -> list[str]:
+        """Re-read the config file and apply it; on any error change nothing, return errors."""
+        async with self._reloading:
+            if self.config_path is None:
+                errors = ["nothing to reload: the balancer was started from flags, not --config"]
+            else:
+                try:
+                    new = load_config(self.config_path)
+                except ConfigError as exc:
+                    errors = exc.errors
+                else:
+                    errors = await self._apply(new)
+            if errors:
+                for line in errors:
+                    self.log.event("reload_failed", f"{trigger}: {line}")
+                self.log.event("reload_failed", f"{trigger}: reload rejected, old config kept")
+            else:
+                self.log.event("reload", f"{trigger}: config {self.config_path} reloaded")
+            return errors
+
+    async def _apply(self, new: Config) -> list[str]:
+        # Bind every new listener first; if one fails, close those and change nothing.
+        fresh = {s.name: Service(s, self.log) for s in new.services if s.name not in self.services}
+        moved = {
+            s.name: s
+            for s in new.services
+            if s.name in self.services and s.listen != self.services[s.name].config.listen
+        }
+        servers = {}
+        try:
+            for service in fresh.values():
+                await service.start()
+            for name, cfg in moved.items():
+                servers[name] = await self.services[name].bind(cfg.listen)
+        except StartupError as exc:
+            for service in fresh.values():
+                service.stop()
+            for server in servers.values():
+                server.close()
+            return [str(exc)]
+        wanted = {s.name for s in new.services}
+        for name in [n for n in self.services if n not in wanted]:
+            retiring = self.services.pop(name)
+            self.log.event("removed", f"service {name} removed by reload, draining", service=name)
+            task = asyncio.get_running_loop().create_task(retiring.drain(self.config.grace))
+            self.retired.add(task)
+            task.add_done_callback(self.retired.discard)
+        for cfg in new.services:
+            if cfg.name in fresh:
+                self.services[cfg.name] = fresh[cfg.name]
+            else:
+                self.services[cfg.name].apply(cfg, servers.get(cfg.name))
+        self.config = Config(
+            services=new.services,
+            log=self.config.log,
+            admin=self.config.admin,
+            workers=self.config.workers,
+            grace=new.grace,
+        )
+        return []
 
     async def serve(self) -> None:
         await self._stop.wait()
-        open_sessions = sum(len(s.sessions) for s in self.services)
+        open_sessions = sum(len(s.sessions) for s in self.services.values())
         self.log.event(
             "stopping",
             f"{self._reason}: stopping, {open_sessions} connections open, grace {self._grace:g}s",
         )
-        await asyncio.gather(*(s.drain(self._grace) for s in self.services))
+        if self.admin is not None:
+            await self.admin.stop()
+        await asyncio.gather(*(s.drain(self._grace) for s in self.services.values()))
+        for task in list(self.retired):
+            task.cancel()
         # Let the transports closed above deliver their connection_lost callbacks.
         for _ in range(3):
             await asyncio.sleep(0)
         if self._flusher is not None:
             self._flusher.cancel()
-        total = sum(s.accepted for s in self.services)
+        total = sum(s.accepted for s in self.services.values())
         self.log.event("stop", f"stopped after {total} connections")
         self.log.flush()
 
 
-async def _main(config: Config, log: EventLog, announce: IO[str]) -> int:
-    balancer = Balancer(config, log)
+async def _main(config: Config, log: EventLog, config_path: str | None, announce: IO[str]) -> int:
+    balancer = Balancer(config, log, config_path)
     try:
         await balancer.start()
-    except StartupError as exc:
+    except (StartupError, AdminError) as exc:
         log.event("error", str(exc))
         print(f"balancer: {exc}", file=sys.stderr)
         return 1
     balancer.install_signals()
     log.event("start", f"balancer started with {len(config.services)} service(s)")
-    for service in balancer.services:
+    for service in balancer.services.values():
         print(f"service {service.name} listening on {service.address}", file=announce, flush=True)
+    if balancer.admin is not None:
+        print(f"admin listening on http://{balancer.admin.address}/", file=announce, flush=True)
     await balancer.serve()
     return 0
 
 
-def run(config: Config, announce: IO[str] = sys.stderr) -> int:
+def run(config: Config, config_path: str | None = None, announce: IO[str] = sys.stderr) -> int:
     """Run until a signal stops it; returns the process exit status."""
     try:
         log = EventLog(config.log.file, config.log.format)
@@ -103,7 +186,8 @@ def run(config: Config, announce: IO[str] = sys.stderr) -> int:
         print(f"balancer: cannot open log file {config.log.file}: {exc.strerror}", file=sys.stderr)
         return 1
     route_python_logging(log)
+    path = str(Path(config_path).resolve()) if config_path else None
     try:
-        return asyncio.run(_main(config, log, announce))
+        return asyncio.run(_main(config, log, path, announce))
     finally:
         log.close()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from balancer.config import (
     MAX_WEIGHT,
+    AdminConfig,
     BackendConfig,
     Config,
     ConfigError,
@@ -128,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--name", default="default", help="service name (default: default)")
     run.add_argument("--workers", type=_flag_type(workers_flag), metavar="N")
+    run.add_argument(
+        "--admin",
+        type=_flag_type(lambda t: parse_address(t, allow_zero_port=True)),
+        metavar="HOST:PORT",
+        help="serve the admin API, metrics and dashboard here (loopback unless a token is set)",
+    )
+    run.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help="bearer token for the admin API (or BALANCER_ADMIN_TOKEN in the environment)",
+    )
     run.add_argument("--log-file", metavar="PATH", help="log file (default load_balancer.log)")
     run.add_argument("--log-format", choices=("text", "json"))
     run.add_argument("--connect-timeout", type=_flag_type(_positive_duration), metavar="DURATION")
@@ -169,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument(
         "--show-responses", action="store_true", help="print each response as it arrives"
     )
+    status = commands.add_parser("status", help="show services and backends from the admin API")
+    status.add_argument("--admin", default="http://127.0.0.1:8404", metavar="URL")
+    status.add_argument(
+        "--token", default=os.environ.get("BALANCER_ADMIN_TOKEN"), help="admin API token"
+    )
+
     demo = commands.add_parser("demo", help="start three demo backends and a balancer")
     demo.add_argument(
         "--port", type=_flag_type(lambda t: parse_address(f"127.0.0.1:{t}").port), default=8000
@@ -198,7 +217,7 @@ def config_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser)
         return Config(
             services=config.services,
             log=log,
-            admin=config.admin,
+            admin=_admin_from_flags(args, config.admin),
             workers=args.workers or config.workers,
             grace=config.grace,
         )
@@ -233,8 +252,14 @@ def config_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser)
             file=args.log_file if args.log_file is not None else LogConfig.file,
             format=args.log_format or "text",
         ),
+        admin=_admin_from_flags(args, AdminConfig()),
         workers=args.workers or 1,
     )
+
+
+def _admin_from_flags(args: argparse.Namespace, admin: AdminConfig) -> AdminConfig:
+    token = args.admin_token or os.environ.get("BALANCER_ADMIN_TOKEN") or admin.token
+    return AdminConfig(listen=args.admin or admin.listen, token=token)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from balancer.app import run
 
-            return run(config_from_flags(args, parser))
+            return run(config_from_flags(args, parser), args.config)
         if args.command == "backend":
             from balancer.demo.backend import serve
 
@@ -261,6 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 1
             return 0
+        if args.command == "status":
+            from balancer.status import main as status
+
+            url = args.admin if "://" in args.admin else f"http://{args.admin}"
+            return status(url, args.token)
         if args.command == "demo":
             from balancer.demo.run import main as demo
 

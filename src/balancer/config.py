@@ -203,6 +203,9 @@ class LogConfig:
     format: str = "text"
 
 
+DEFAULT_ADMIN = Address("127.0.0.1", 8404)
+
+
 @dataclass(frozen=True)
 class AdminConfig:
     listen: Address | None = None
@@ -476,13 +479,27 @@ def _log(value: object, errors: list[str]) -> LogConfig:
     return result
 
 
+def read_token_file(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
+    if not token:
+        raise ValueError(f"{path!r} is empty")
+    return token
+
+
 def _admin(value: object, errors: list[str]) -> AdminConfig:
     table = _Table(value, "admin", errors)
+    token = table.get("token", None, _string)
+    token_file = table.get("token_file", None, lambda v: read_token_file(_string(v)))
     result = AdminConfig(
-        listen=table.get("listen", Address("127.0.0.1", 8404), parse_address),
-        token=table.get("token", None, _string),
+        listen=table.get("listen", DEFAULT_ADMIN, lambda v: parse_address(v, allow_zero_port=True)),
+        token=token or token_file,
     )
     table.finish()
+    if token and token_file:
+        errors.append("admin.token_file: give token or token_file, not both")
     return result
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from balancer.config import Address
+from balancer.stats import BackendStats
 
 if TYPE_CHECKING:
     from balancer.algorithms import Algorithm
@@ -41,6 +42,7 @@ class Backend:
         "key",
         "last_change",
         "state",
+        "stats",
         "total",
         "transitions",
         "weight",
@@ -62,6 +64,7 @@ class Backend:
         self.failures = 0
         self.connect_failures = 0
         self.transitions: dict[str, int] = {}
+        self.stats = BackendStats()
         self.last_change = time.time()
 
     @property
@@ -96,7 +99,7 @@ class Pool:
         for listener in self.listeners:
             listener(event, backend, message)
 
-    def _rebuild(self) -> None:
+    def rebuild(self) -> None:
         eligible = tuple(b for b in self.backends.values() if b.eligible)
         panicking = False
         if not eligible and self.panic:
@@ -121,15 +124,20 @@ class Pool:
             raise KeyError(f"backend {address} already exists in service {self.name!r}")
         backend = Backend(address, weight, health)
         self.backends[address] = backend
-        self._rebuild()
+        self.rebuild()
         if not quiet:
-            self._emit("added", backend, f"weight {weight}, {health}")
+            self.announce_added(backend)
         return backend
 
-    def remove(self, address: Address) -> Backend:
+    def announce_added(self, backend: Backend, reason: str = "") -> None:
+        detail = f"weight {backend.weight}, {backend.health}, {backend.state}"
+        self._emit("added", backend, f"{reason}: {detail}" if reason else detail)
+
+    def remove(self, address: Address, reason: str = "") -> Backend:
         backend = self.backends.pop(address)
-        self._rebuild()
-        self._emit("removed", backend, f"{backend.active} connections still open")
+        self.rebuild()
+        detail = f"{backend.active} connections still open"
+        self._emit("removed", backend, f"{reason}: {detail}" if reason else detail)
         return backend
 
     def set_health(self, backend: Backend, health: str, reason: str) -> None:
@@ -138,7 +146,7 @@ class Pool:
             return
         backend.health = health
         backend.last_change = time.time()
-        self._rebuild()
+        self.rebuild()
         self._emit(health, backend, reason)
 
     def set_state(self, backend: Backend, state: str, reason: str = "operator") -> None:
@@ -148,7 +156,7 @@ class Pool:
             return
         backend.state = state
         backend.last_change = time.time()
-        self._rebuild()
+        self.rebuild()
         self._emit(state, backend, reason)
 
     def set_weight(self, backend: Backend, weight: int) -> None:
@@ -156,11 +164,11 @@ class Pool:
             return
         old, backend.weight = backend.weight, weight
         backend.effective_weight = weight
-        self._rebuild()
+        self.rebuild()
         self._emit("weight", backend, f"weight {old} -> {weight}")
 
     def set_effective_weight(self, backend: Backend, weight: float) -> None:
         """Slow start's ramp: selection sees `weight`, the operator's weight stays."""
         if backend.effective_weight != weight and self.backends.get(backend.address) is backend:
             backend.effective_weight = weight
-            self._rebuild()
+            self.rebuild()

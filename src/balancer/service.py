@@ -11,11 +11,12 @@ import errno
 import socket
 
 from balancer import algorithms
-from balancer.config import ServiceConfig
+from balancer.config import Address, ServiceConfig
 from balancer.health import Health
 from balancer.logs import AccessRecord, EventLog
-from balancer.pool import DOWN, Backend, Pool
+from balancer.pool import DOWN, ENABLED, UP, Backend, Pool
 from balancer.relay import Session, Termination
+from balancer.stats import BackendStats
 
 BACKLOG = 1024
 
@@ -39,19 +40,15 @@ class Service:
         self.closing = False
         self.address = str(config.listen)
         self.accepted = 0
-        for backend in config.backends:
-            self.pool.add(backend.address, backend.weight, quiet=True)
-        if config.discover is not None:
-            # Discovered ports take traffic only once a check has found them listening.
-            for address in config.discover.addresses():
-                if address not in self.pool.backends:
-                    self.pool.add(address, 1, health=DOWN, quiet=True)
+        self.stats = BackendStats()  # every connection of the service, with a backend or not
+        # Discovered ports take traffic only once a check has found them listening.
+        for address, (weight, health) in self._wanted_backends(config).items():
+            self.pool.add(address, weight, health=health, quiet=True)
 
-    async def start(self) -> None:
+    async def bind(self, listen: Address) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        listen = self.config.listen
         try:
-            self.server = await loop.create_server(
+            return await loop.create_server(
                 lambda: Session(self),
                 listen.host,
                 listen.port,
@@ -65,10 +62,12 @@ class Service:
             raise StartupError(
                 f"service {self.name!r} cannot listen on {listen}: {reason.lower()}"
             ) from None
-        sock = self.server.sockets[0]
+
+    def _serve_on(self, server: asyncio.Server) -> None:
+        self.server = server
+        sock = server.sockets[0]
         host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
-        self.health.sync()
         backends = ", ".join(f"{b.key} (weight {b.weight})" for b in self.pool.backends.values())
         if self.config.discover is not None:
             d = self.config.discover
@@ -78,6 +77,45 @@ class Service:
             f"service {self.name} listening on {self.address}, {self.config.algorithm}, {backends}",
             service=self.name,
         )
+
+    async def start(self) -> None:
+        self._serve_on(await self.bind(self.config.listen))
+        self.health.sync()
+
+    def apply(self, config: ServiceConfig, server: asyncio.Server | None) -> None:
+        """Take a reloaded config; open connections continue as they are."""
+        old = self.config
+        self.config = config
+        if server is not None:
+            if self.server is not None:
+                self.server.close()  # stops accepting; open sessions are untouched
+            self._serve_on(server)
+        if config.algorithm != old.algorithm:
+            self.pool.algorithm = algorithms.create(config.algorithm)
+        self.pool.panic = config.passive.panic
+        wanted = self._wanted_backends(config)
+        for address in [a for a in self.pool.backends if a not in wanted]:
+            self.pool.remove(address, "reload")
+        for address, (weight, health) in wanted.items():
+            backend = self.pool.backends.get(address)
+            if backend is None:
+                backend = self.pool.add(address, weight, health=health, quiet=True)
+                self.pool.announce_added(backend, "reload")
+            else:
+                self.pool.set_weight(backend, weight)
+        if (config.health_check, config.passive) != (old.health_check, old.passive):
+            self.health.stop()
+            self.health = Health(self.pool, config.health_check, config.passive)
+        self.health.sync()
+        self.pool.rebuild()
+
+    @staticmethod
+    def _wanted_backends(config: ServiceConfig) -> dict[Address, tuple[int, str]]:
+        wanted = {b.address: (b.weight, UP) for b in config.backends}
+        if config.discover is not None:
+            for address in config.discover.addresses():
+                wanted.setdefault(address, (1, DOWN))
+        return wanted
 
     def _state_changed(self, event: str, backend: Backend, message: str) -> None:
         self.log.event(
@@ -117,7 +155,35 @@ class Service:
     def finished(self, session: Session, record: AccessRecord) -> None:
         self.sessions.discard(session)
         self.accepted += 1
+        self.stats.record(record.connect_ms, record.duration_ms, record.termination)
+        if session.backend is not None:
+            session.backend.stats.record(record.connect_ms, record.duration_ms, record.termination)
         self.log.access(record)
+
+    def live_bytes(self) -> dict[Backend, tuple[int, int]]:
+        """Bytes each way of the connections still open, by backend (added at their end)."""
+        live: dict[Backend, tuple[int, int]] = {}
+        for session in self.sessions:
+            backend = session.backend
+            if backend is not None:
+                was_in, was_out = live.get(backend, (0, 0))
+                live[backend] = (was_in + session.bytes_in, was_out + session.bytes_out)
+        return live
+
+    def add_backend(
+        self, address: Address, weight: int, *, reason: str, state: str = ENABLED
+    ) -> Backend:
+        backend = self.pool.add(address, weight, quiet=True)
+        if state != ENABLED:
+            self.pool.set_state(backend, state, reason)
+        self.pool.announce_added(backend, reason)
+        self.health.sync()
+        return backend
+
+    def remove_backend(self, backend: Backend, reason: str) -> None:
+        if self.pool.backends.get(backend.address) is backend:
+            self.pool.remove(backend.address, reason)
+            self.health.sync()
 
     def stop_accepting(self) -> None:
         self.closing = True

@@ -1,0 +1,331 @@
+"""The admin API, metrics, `balancer status` and reload, against a real balancer process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import (
+    Cluster,
+    balancer_cmd,
+    exchange,
+    free_port,
+    read_log,
+    served_by,
+    wait_for_log,
+    wait_until,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def call(
+    admin: int, method: str, path: str, body: object = None, token: str | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:  # fmt: skip
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        payload = exc.read()
+        status = exc.code
+    try:
+        return status, json.loads(payload)
+    except json.JSONDecodeError:
+        return status, payload.decode()
+
+
+def start(cluster: Cluster, backends: list[int], *extra: str) -> tuple[int, int]:
+    admin = free_port()
+    _, port = cluster.balancer(
+        "--admin", f"127.0.0.1:{admin}", *[f"--backend=127.0.0.1:{p}" for p in backends], *extra
+    )
+    return port, admin
+
+
+def test_add_drain_remove_through_the_api(cluster: Cluster) -> None:
+    a, b, c = cluster.backend("echo"), cluster.backend(), cluster.backend()
+    port, admin = start(cluster, [a, b])
+
+    status, body = call(
+        admin, "POST", "/api/backends", {"service": "default", "address": f"127.0.0.1:{c}"}
+    )
+    assert status == 201 and body["address"] == f"127.0.0.1:{c}" and body["health"] == "up"
+    # In rotation at once: round robin over the echo, b and c; the hello ones answer by name.
+    answers = Counter(exchange(port, half_close=True) for _ in range(9))
+    assert answers[b"hi"] == 3
+    assert {served_by(x) for x in answers if x != b"hi"} == {b, c}
+
+    # Drain the echo backend while a connection to it stays open.
+    held = None
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"x")
+        if s.recv(10) == b"x":
+            held = s
+            break
+        s.close()
+    assert held is not None, "no connection reached the echo backend"
+    status, body = call(admin, "PATCH", f"/api/backends/default/127.0.0.1:{a}", {"state": "drain"})
+    assert status == 200 and body["state"] == "drain" and body["active"] == 1
+    assert all(
+        exchange(port, half_close=True) != b"hi" for _ in range(6)
+    )  # no new connections to it
+    held.sendall(b"still here")
+    assert held.recv(100) == b"still here"  # the open one keeps working
+
+    # Remove it: 202 while the held connection is open, gone once that closes.
+    status, body = call(admin, "DELETE", f"/api/backends/default/127.0.0.1:{a}")
+    assert status == 202 and body["active"] == 1
+    held.close()
+    wait_until(
+        lambda: (
+            f"127.0.0.1:{a}" not in [x["address"] for x in call(admin, "GET", "/api/backends")[1]]
+        ),
+        what="the drained backend removed",
+    )
+    log = cluster.tmp / "lb.log"
+    wait_for_log(log, rf"event drain .*backend=127\.0\.0\.1:{a} .*admin API")
+    wait_for_log(log, rf"event removed .*backend=127\.0\.0\.1:{a} .*drained")
+    wait_for_log(log, rf"event added .*backend=127\.0\.0\.1:{c} .*admin API")
+
+    status, body = call(admin, "PATCH", f"/api/backends/default/127.0.0.1:{b}", {"weight": 3})
+    assert status == 200 and body["weight"] == 3
+    counts = Counter(served_by(exchange(port)) for _ in range(8))
+    assert counts == {b: 6, c: 2}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        (
+            "POST",
+            "/api/backends",
+            {"service": "default", "address": "nonsense"},
+            400,
+            "address: expected HOST:PORT",
+        ),
+        (
+            "POST",
+            "/api/backends",
+            {"service": "default", "address": "127.0.0.1:1", "weight": 0},
+            400,
+            "weight must be",
+        ),
+        (
+            "POST",
+            "/api/backends",
+            {"service": "nope", "address": "127.0.0.1:1"},
+            400,
+            "unknown service 'nope'",
+        ),
+        (
+            "POST",
+            "/api/backends",
+            {"service": "default", "address": "127.0.0.1:1", "colour": 1},
+            400,
+            "unknown field(s) colour",
+        ),
+        ("POST", "/api/backends", [1, 2], 400, "body must be a JSON object"),
+        (
+            "PATCH",
+            "/api/backends/default/127.0.0.1:1",
+            {"weight": 2},
+            404,
+            "has no backend 127.0.0.1:1",
+        ),
+        ("PATCH", "/api/backends/nope/127.0.0.1:1", {"weight": 2}, 404, "unknown service 'nope'"),
+        ("DELETE", "/api/backends/default/127.0.0.1:1", None, 404, "has no backend"),
+        ("GET", "/api/backends?service=nope", None, 404, "unknown service"),
+        ("GET", "/api/nothing", None, 404, "Not Found"),
+    ],
+)
+def test_bad_requests_get_json_errors(
+    cluster: Cluster, method: str, path: str, body: object, status: int, message: str
+) -> None:
+    backend = cluster.backend()
+    _, admin = start(cluster, [backend])
+    got, payload = call(admin, method, path, body)
+    assert got == status
+    assert message in payload["error"]
+    # Nothing changed.
+    assert [x["address"] for x in call(admin, "GET", "/api/backends")[1]] == [
+        f"127.0.0.1:{backend}"
+    ]
+
+
+def test_bad_patch_changes_nothing_and_duplicates_conflict(cluster: Cluster) -> None:
+    backend = cluster.backend()
+    _, admin = start(cluster, [backend])
+    path = f"/api/backends/default/127.0.0.1:{backend}"
+    status, body = call(admin, "PATCH", path, {"weight": 5, "state": "sleeping"})
+    assert status == 400 and "state must be one of" in body["error"]
+    status, body = call(admin, "PATCH", path, raw=b"{not json")
+    assert status == 400 and "not valid JSON" in body["error"]
+    assert call(admin, "GET", "/api/backends")[1][0]["weight"] == 1
+    status, body = call(
+        admin, "POST", "/api/backends", {"service": "default", "address": f"127.0.0.1:{backend}"}
+    )
+    assert status == 409 and "already has backend" in body["error"]
+    status, body = call(admin, "POST", "/api/backends", raw=b"x" * (65 * 1024))
+    assert status == 413 and "larger than" in body["error"]
+
+
+def test_metrics_parse_with_series_per_backend(cluster: Cluster) -> None:
+    backends = [cluster.backend() for _ in range(2)]
+    port, admin = start(cluster, backends)
+    for _ in range(4):
+        exchange(port)
+    status, text = call(admin, "GET", "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "balancer_backend_connections", "balancer_backend_active_connections",
+        "balancer_backend_up", "balancer_backend_received_bytes", "balancer_backend_sent_bytes",
+        "balancer_backend_failures", "balancer_connection_terminations",
+        "balancer_backend_connect_seconds", "balancer_connection_duration_seconds",
+    ):  # fmt: skip
+        assert name in families, name
+    totals = {
+        s.labels["backend"]: s.value
+        for s in families["balancer_backend_connections"].samples
+        if s.name == "balancer_backend_connections_total"
+    }
+    assert totals == {f"127.0.0.1:{p}": 2.0 for p in backends}
+    counts = [
+        s for s in families["balancer_connection_duration_seconds"].samples
+        if s.name.endswith("_count")
+    ]  # fmt: skip
+    assert sorted(s.value for s in counts) == [2.0, 2.0]
+    reasons = [s.labels["reason"] for s in families["balancer_connection_terminations"].samples]
+    assert "backend_closed" in reasons
+
+
+def test_token_auth_and_non_loopback_refusal(cluster: Cluster) -> None:
+    backend = cluster.backend()
+    _, admin = start(cluster, [backend], "--admin-token", "s3cret")
+    assert call(admin, "GET", "/api/services")[0] == 401
+    status, body = call(admin, "GET", "/api/services", token="wrong")
+    assert status == 401 and "wrong token" in body["error"]
+    status, body = call(admin, "GET", "/api/services", token="s3cret")
+    assert status == 200 and body[0]["name"] == "default"
+    assert call(admin, "GET", "/metrics")[0] == 401
+    assert call(admin, "GET", "/")[0] == 200  # the page itself holds no data
+
+    result = subprocess.run(
+        balancer_cmd(
+            "run", "--admin", f"0.0.0.0:{free_port()}", "--backend", f"127.0.0.1:{backend}",
+            "--listen", "127.0.0.1:0", "--log-file", str(cluster.tmp / "x.log"),
+        ),
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "needs a token" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_command_and_openapi(cluster: Cluster) -> None:
+    backends = [cluster.backend() for _ in range(2)]
+    port, admin = start(cluster, backends)
+    exchange(port)
+    result = subprocess.run(
+        balancer_cmd("status", "--admin", f"127.0.0.1:{admin}"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    for p in backends:
+        assert f"127.0.0.1:{p}" in result.stdout
+    assert "service default" in result.stdout
+    status, spec = call(admin, "GET", "/api/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    assert {"/api/backends", "/api/backends/{service}/{address}", "/api/stats", "/metrics"} <= set(
+        spec["paths"]
+    )
+    unreachable = subprocess.run(
+        balancer_cmd("status", "--admin", f"127.0.0.1:{free_port()}"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert unreachable.returncode == 1 and "cannot reach the admin API" in unreachable.stderr
+
+
+def write_services(
+    cluster: Cluster, path, ports: tuple[int, int], web: list[int], other: list[int], admin: int
+) -> None:  # type: ignore[no-untyped-def]
+    def backends(items: list[int]) -> str:
+        return ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in items)
+
+    path.write_text(
+        f"""
+[admin]
+listen = "127.0.0.1:{admin}"
+[log]
+file = "{cluster.tmp / "lb.log"}"
+[[services]]
+name = "web"
+listen = "127.0.0.1:{ports[0]}"
+backends = [{backends(web)}]
+[[services]]
+name = "other"
+listen = "127.0.0.1:{ports[1]}"
+backends = [{backends(other)}]
+"""
+    )
+
+
+def test_sighup_reload_swaps_backends_and_keeps_open_connections(cluster: Cluster) -> None:
+    e1, e2, h1, h2 = (
+        cluster.backend("echo"),
+        cluster.backend("echo"),
+        cluster.backend(),
+        cluster.backend(),
+    )
+    ports = (free_port(), free_port())
+    admin = free_port()
+    config = cluster.tmp / "lb.toml"
+    write_services(cluster, config, ports, [e1], [e2], admin)
+    proc, _ = cluster.balancer("--config", str(config))
+    with socket.create_connection(("127.0.0.1", ports[0]), timeout=10) as same, \
+            socket.create_connection(("127.0.0.1", ports[1]), timeout=10) as other:  # fmt: skip
+        same.sendall(b"a")
+        other.sendall(b"b")
+        assert same.recv(10) == b"a" and other.recv(10) == b"b"
+        # Swap the backends of "other" for a hello backend, and of "web" too.
+        write_services(cluster, config, ports, [h1], [h2], admin)
+        proc.signal(signal.SIGHUP)
+        wait_for_log(cluster.tmp / "lb.log", r"event reload .*SIGHUP")
+        assert served_by(exchange(ports[0])) == h1
+        assert served_by(exchange(ports[1])) == h2
+        # The connections opened before the reload keep working, on their old backends.
+        same.sendall(b"still")
+        other.sendall(b"going")
+        assert same.recv(10) == b"still" and other.recv(10) == b"going"
+
+        # A broken config changes nothing.
+        config.write_text(
+            config.read_text().replace('name = "other"', 'name = "other"\nalgoritm = "x"')
+        )
+        proc.signal(signal.SIGHUP)
+        wait_for_log(cluster.tmp / "lb.log", r"reload_failed .*unknown key")
+        wait_for_log(cluster.tmp / "lb.log", r"reload rejected, old config kept")
+        assert served_by(exchange(ports[1])) == h2
+        status, body = call(admin, "POST", "/api/reload")
+        assert status == 400 and any("algoritm" in e for e in body["errors"])
+        same.sendall(b"ok")
+        assert same.recv(10) == b"ok"
+    log = read_log(cluster.tmp / "lb.log")
+    assert f"127.0.0.1:{e1} removed" in log and f"127.0.0.1:{h1} added" in log
