@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 DEMO_CONFIG = """\
+[admin]
+listen = "127.0.0.1:{admin}"
+
 [log]
 file = "{log}"
 
@@ -37,6 +40,7 @@ def main(
     port: int = 8000,
     backend_ports: tuple[int, ...] = (9001, 9002, 9003),
     log: str = "load_balancer.log",
+    admin: int = 8404,
 ) -> int:
     children: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
@@ -48,6 +52,7 @@ def main(
             f.write(
                 DEMO_CONFIG.format(
                     log=Path(log).resolve(),
+                    admin=admin,
                     port=port,
                     backends=", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in backend_ports),
                 )
@@ -64,6 +69,9 @@ def main(
         print(f"balancer      http://127.0.0.1:{port}")
         for backend in backend_ports:
             print(f"backend       http://127.0.0.1:{backend}")
+        print(f"dashboard     http://127.0.0.1:{admin}/")
+        print(f"metrics       http://127.0.0.1:{admin}/metrics")
+        print(f"admin API     http://127.0.0.1:{admin}/api/stats")
         print(f"log           {Path(log).resolve()}")
         print(f"config        {config_path}")
         print(
