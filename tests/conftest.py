@@ -129,8 +129,9 @@ def balancer_cmd(*args: str) -> list[str]:
 class Cluster:
     """Starts demo backends and balancers for one test and stops them all afterwards."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, workers: int = 1) -> None:
         self.tmp = tmp
+        self.workers = workers
         self.processes: list[Process] = []
 
     def backend(self, mode: str = "hello", *extra: str) -> int:
@@ -148,6 +149,8 @@ class Cluster:
         """Start `balancer run ARGS`; return the process and its first listening port."""
         log_path = self.tmp / log
         cmd = ["run", *args]
+        if self.workers > 1 and "--workers" not in args:
+            cmd += ["--workers", str(self.workers)]
         if "--config" not in args:
             if "--listen" not in args:
                 cmd += ["--listen", "127.0.0.1:0"]
@@ -163,13 +166,23 @@ class Cluster:
             proc.stop()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+def make_cluster(tmp: Path, workers: int = 1) -> Iterator[Cluster]:
+    c = Cluster(tmp, workers)
     try:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from make_cluster(tmp_path)
+
+
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def any_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster whose balancer runs with one worker, then again with two."""
+    yield from make_cluster(tmp_path, request.param)
 
 
 def read_log(path: Path) -> str:

@@ -44,7 +44,8 @@ def echo_transfer(port: int, size: int, seed: int) -> tuple[str, str]:
     return sent.hexdigest(), got.hexdigest()
 
 
-def test_parallel_large_echo_with_half_close(cluster: Cluster) -> None:
+def test_parallel_large_echo_with_half_close(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     backends = [cluster.backend("echo") for _ in range(3)]
     _, port = cluster.balancer(*[f"--backend=127.0.0.1:{p}" for p in backends])
     with ThreadPoolExecutor(16) as pool:
@@ -54,7 +55,8 @@ def test_parallel_large_echo_with_half_close(cluster: Cluster) -> None:
     assert len({sent for sent, _ in results}) == 16
 
 
-def test_round_robin_exact_shares(cluster: Cluster) -> None:
+def test_round_robin_exact_shares(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     backends = [cluster.backend() for _ in range(3)]
     _, port = cluster.balancer(
         "--algorithm", "round_robin", *[f"--backend=127.0.0.1:{p}" for p in backends]
@@ -63,7 +65,8 @@ def test_round_robin_exact_shares(cluster: Cluster) -> None:
     assert counts == {p: 100 for p in backends}
 
 
-def test_weighted_round_robin_exact_shares(cluster: Cluster) -> None:
+def test_weighted_round_robin_exact_shares(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     backends = [cluster.backend() for _ in range(3)]
     flags = [
         f"--backend=127.0.0.1:{p},weight={w}" for p, w in zip(backends, (1, 2, 3), strict=True)
@@ -95,7 +98,8 @@ def http_get(sock: socket.socket) -> bytes:
     return body
 
 
-def test_least_connections_spreads_held_connections(cluster: Cluster) -> None:
+def test_least_connections_spreads_held_connections(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     backends = [cluster.backend("http") for _ in range(3)]
     _, port = cluster.balancer(
         "--algorithm", "least_connections", *[f"--backend=127.0.0.1:{p}" for p in backends]
@@ -113,7 +117,8 @@ def test_least_connections_spreads_held_connections(cluster: Cluster) -> None:
             s.close()
 
 
-def test_failed_connect_is_retried_on_another_backend(cluster: Cluster) -> None:
+def test_failed_connect_is_retried_on_another_backend(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     live = [cluster.backend() for _ in range(2)]
     dead = cluster.backend()
     cluster.backend_process(dead).stop()
@@ -127,7 +132,8 @@ def test_failed_connect_is_retried_on_another_backend(cluster: Cluster) -> None:
     assert log
 
 
-def test_no_reachable_backend_sends_message_and_closes(cluster: Cluster) -> None:
+def test_no_reachable_backend_sends_message_and_closes(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     dead = cluster.backend()
     cluster.backend_process(dead).stop()
     _, port = cluster.balancer(
@@ -144,7 +150,8 @@ def test_no_reachable_backend_sends_message_and_closes(cluster: Cluster) -> None
     wait_for_log(log, r"termination=no_backend")
 
 
-def test_idle_timeout_ends_connection(cluster: Cluster) -> None:
+def test_idle_timeout_ends_connection(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     backend = cluster.backend("echo")
     _, port = cluster.balancer(f"--backend=127.0.0.1:{backend}", "--idle-timeout", "300ms")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -156,7 +163,8 @@ def test_idle_timeout_ends_connection(cluster: Cluster) -> None:
     )
 
 
-def test_access_log_fields_json(cluster: Cluster) -> None:
+def test_access_log_fields_json(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     backend = cluster.backend()
     _, port = cluster.balancer(f"--backend=127.0.0.1:{backend}", "--log-format", "json")
     assert served_by(exchange(port, b"hello")) == backend
@@ -172,7 +180,8 @@ def test_access_log_fields_json(cluster: Cluster) -> None:
     assert set(record) >= {"time", "service", "client", "backend", "connect_ms", "duration_ms"}
 
 
-def test_sigterm_drains_open_connection(cluster: Cluster) -> None:
+def test_sigterm_drains_open_connection(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     backend = cluster.backend("echo")
     proc, port = cluster.balancer(f"--backend=127.0.0.1:{backend}")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

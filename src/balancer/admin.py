@@ -91,8 +91,8 @@ def service_json(service: Service) -> dict[str, Any]:
         "algorithm": service.config.algorithm,
         "backends": len(service.pool.backends),
         "eligible": len(service.pool.eligible),
-        "active": len(service.sessions),
-        "total": service.accepted + len(service.sessions),
+        "active": service.open_connections(),
+        "total": service.accepted + service.open_connections(),
         "panic": service.pool.panicking,
     }
 
@@ -156,8 +156,9 @@ class _Collector:
             "balancer_service_connections", "Client connections accepted.", labels=["service"]
         )
         for service in self.balancer.services.values():
-            service_active.add_metric([service.name], len(service.sessions))
-            service_conns.add_metric([service.name], service.accepted + len(service.sessions))
+            opened = service.open_connections()
+            service_active.add_metric([service.name], opened)
+            service_conns.add_metric([service.name], service.accepted + opened)
             for reason, count in service.stats.terminations.items():
                 if reason in ("no_backend", "connect_failed", "client_aborted"):
                     terminations.add_metric([service.name, "", reason], count)

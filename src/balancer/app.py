@@ -13,19 +13,38 @@ from pathlib import Path
 from typing import IO
 
 from balancer.admin import Admin, AdminError
-from balancer.config import Config, ConfigError, load_config
+from balancer.config import Config, ConfigError, ServiceConfig, load_config
 from balancer.logs import EventLog, route_python_logging
-from balancer.service import Service, StartupError
+from balancer.loop import run_loop
+from balancer.service import HealthFactory, Service, StartupError
+from balancer.shared import SharedState
+from balancer.workers import Supervisor
 
 FLUSH_INTERVAL = 0.5
 
 
 class Balancer:
-    def __init__(self, config: Config, log: EventLog, config_path: str | None = None) -> None:
+    """One process's services. With `workers` > 1 this process is the supervisor: it binds no
+    listener of its own but runs checks, the admin API and reloads for its worker processes."""
+
+    def __init__(
+        self,
+        config: Config,
+        log: EventLog,
+        config_path: str | None = None,
+        *,
+        worker: int | None = None,
+        health: HealthFactory | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.log = log
-        self.services = {s.name: Service(s, log) for s in config.services}
+        self.worker = worker
+        self.health_factory = health
+        self.supervisor: Supervisor | None = None
+        if worker is None and config.workers > 1:
+            self.supervisor = Supervisor(self, config.workers)
+        self.services = {s.name: self._service(s) for s in config.services}
         self.retired: set[asyncio.Task[object]] = set()
         self.admin: Admin | None = None
         self._stop = asyncio.Event()
@@ -34,16 +53,37 @@ class Balancer:
         self._flusher: asyncio.TimerHandle | None = None
         self._reloading = asyncio.Lock()
 
+    def share(self, shared: SharedState, cursors: dict[str, int]) -> None:
+        """A worker's services count connections and walk round-robin with the others."""
+        assert self.worker is not None
+        for name, service in self.services.items():
+            if name in cursors:
+                service.share(shared, self.worker, cursors[name])
+
+    def _service(self, config: ServiceConfig) -> Service:
+        return Service(config, self.log, self.health_factory, worker=self.worker is not None)
+
+    async def _open(self, service: Service) -> None:
+        """Start a service: listen, or, as a supervisor, reserve its port for the workers."""
+        if self.supervisor is None:
+            await service.start()
+        else:
+            self.supervisor.reserve(service, service.config.listen)
+            service.announce()
+            service.health.sync()
+
     async def start(self) -> None:
         started: list[Service] = []
         try:
             for service in self.services.values():
-                await service.start()
+                await self._open(service)
                 started.append(service)
-            if self.config.admin.listen is not None:
+            if self.config.admin.listen is not None and self.worker is None:
                 self.admin = Admin(self, self.config.admin.listen, self.config.admin.token)
                 await self.admin.start()
                 self.log.event("admin", f"admin API and dashboard on http://{self.admin.address}/")
+            if self.supervisor is not None:
+                await self.supervisor.start()
         except (StartupError, AdminError):
             for service in started:
                 service.stop()
@@ -61,6 +101,8 @@ class Balancer:
             self._grace = 0.0
             for service in self.services.values():
                 service.stop()
+            if self.supervisor is not None:
+                self.supervisor.interrupt()
             return
         self._reason = reason
         self._grace = grace
@@ -89,6 +131,8 @@ class Balancer:
                     errors = exc.errors
                 else:
                     errors = await self._apply(new)
+                    if not errors and self.supervisor is not None:
+                        self.supervisor.broadcast_config()
             if errors:
                 for line in errors:
                     self.log.event("reload_failed", f"{trigger}: {line}")
@@ -97,9 +141,15 @@ class Balancer:
                 self.log.event("reload", f"{trigger}: config {self.config_path} reloaded")
             return errors
 
+    async def apply_config(self, new: Config) -> None:
+        """A worker takes the config its supervisor has already validated and applied."""
+        errors = await self._apply(new)
+        for line in errors:
+            self.log.event("reload_failed", f"worker {self.worker}: {line}")
+
     async def _apply(self, new: Config) -> list[str]:
         # Bind every new listener first; if one fails, close those and change nothing.
-        fresh = {s.name: Service(s, self.log) for s in new.services if s.name not in self.services}
+        fresh = {s.name: self._service(s) for s in new.services if s.name not in self.services}
         moved = {
             s.name: s
             for s in new.services
@@ -108,9 +158,12 @@ class Balancer:
         servers = {}
         try:
             for service in fresh.values():
-                await service.start()
+                await self._open(service)
             for name, cfg in moved.items():
-                servers[name] = await self.services[name].bind(cfg.listen)
+                if self.supervisor is not None:
+                    self.supervisor.reserve(self.services[name], cfg.listen)
+                else:
+                    servers[name] = await self.services[name].bind(cfg.listen)
         except StartupError as exc:
             for service in fresh.values():
                 service.stop()
@@ -140,14 +193,19 @@ class Balancer:
 
     async def serve(self) -> None:
         await self._stop.wait()
-        open_sessions = sum(len(s.sessions) for s in self.services.values())
+        open_sessions = sum(s.open_connections() for s in self.services.values())
         self.log.event(
             "stopping",
             f"{self._reason}: stopping, {open_sessions} connections open, grace {self._grace:g}s",
         )
         if self.admin is not None:
             await self.admin.stop()
-        await asyncio.gather(*(s.drain(self._grace) for s in self.services.values()))
+        if self.supervisor is not None:
+            await self.supervisor.stop(self._grace)
+            for service in self.services.values():
+                service.stop()
+        else:
+            await asyncio.gather(*(s.drain(self._grace) for s in self.services.values()))
         for task in list(self.retired):
             task.cancel()
         # Let the transports closed above deliver their connection_lost callbacks.
@@ -156,7 +214,8 @@ class Balancer:
         if self._flusher is not None:
             self._flusher.cancel()
         total = sum(s.accepted for s in self.services.values())
-        self.log.event("stop", f"stopped after {total} connections")
+        who = "stopped" if self.worker is None else f"worker {self.worker} stopped"
+        self.log.event("stop", f"{who} after {total} connections")
         self.log.flush()
 
 
@@ -169,7 +228,8 @@ async def _main(config: Config, log: EventLog, config_path: str | None, announce
         print(f"balancer: {exc}", file=sys.stderr)
         return 1
     balancer.install_signals()
-    log.event("start", f"balancer started with {len(config.services)} service(s)")
+    workers = f", {config.workers} workers" if balancer.supervisor is not None else ""
+    log.event("start", f"balancer started with {len(config.services)} service(s){workers}")
     for service in balancer.services.values():
         print(f"service {service.name} listening on {service.address}", file=announce, flush=True)
     if balancer.admin is not None:
@@ -188,6 +248,6 @@ def run(config: Config, config_path: str | None = None, announce: IO[str] = sys.
     route_python_logging(log)
     path = str(Path(config_path).resolve()) if config_path else None
     try:
-        return asyncio.run(_main(config, log, path, announce))
+        return run_loop(_main(config, log, path, announce))
     finally:
         log.close()

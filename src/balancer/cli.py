@@ -25,6 +25,7 @@ from balancer.config import (
     parse_address,
     parse_duration,
     parse_port_range,
+    parse_workers,
 )
 
 
@@ -81,13 +82,6 @@ def non_negative_int(text: str) -> int:
     return int(text)
 
 
-def workers_flag(text: str) -> int:
-    value = positive_int(text)
-    if value != 1:
-        raise ValueError(f"only 1 worker is supported in this version, got {text!r}")
-    return value
-
-
 def _positive_duration(text: str) -> float:
     seconds = parse_duration(text)
     if seconds <= 0:
@@ -129,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or a dotted path to your own class",
     )
     run.add_argument("--name", default="default", help="service name (default: default)")
-    run.add_argument("--workers", type=_flag_type(workers_flag), metavar="N")
+    run.add_argument(
+        "--workers",
+        type=_flag_type(parse_workers),
+        metavar="N",
+        help="worker processes sharing the ports (default 1; auto = one per CPU)",
+    )
     run.add_argument(
         "--admin",
         type=_flag_type(lambda t: parse_address(t, allow_zero_port=True)),

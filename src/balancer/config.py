@@ -7,6 +7,7 @@ Parsing is pure: it takes a dict (what `tomllib` returns) and gives a `Config` o
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable
@@ -503,11 +504,27 @@ def _admin(value: object, errors: list[str]) -> AdminConfig:
     return result
 
 
+MAX_WORKERS = 64
+
+
+def parse_workers(value: object) -> int:
+    """A number of worker processes, or "auto" for one per CPU."""
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ValueError(
+            f"expected a number of workers from 1 to {MAX_WORKERS} or auto, got {value!r}"
+        )
+    return value
+
+
 def parse_config(data: dict[str, Any]) -> Config:
     """Validate a whole configuration; raise ConfigError listing every problem."""
     errors: list[str] = []
     top = _Table(data, "", errors)
-    workers = top.get("workers", 1, _int_in(1, 1))
+    workers = top.get("workers", 1, parse_workers)
     grace = top.get("grace", 30.0, parse_duration)
     top.seen.update({"services", "log", "admin"})
     log = _log(data.get("log", {}), errors)

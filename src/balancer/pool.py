@@ -41,6 +41,8 @@ class Backend:
         "health",
         "key",
         "last_change",
+        "others",
+        "slot",
         "state",
         "stats",
         "total",
@@ -58,6 +60,8 @@ class Backend:
         self.state = ENABLED
         self.checked = False
         self.active = 0
+        self.others = 0  # open connections on other worker processes, as of the last pick
+        self.slot = -1  # its cell in the workers' shared memory, when there are workers
         self.total = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -92,6 +96,7 @@ class Pool:
         self.backends: dict[Address, Backend] = {}
         self.listeners: list[Listener] = []
         self.panic_listeners: list[Callable[[bool, int], None]] = []
+        self.rebuild_listeners: list[Callable[[Pool], None]] = []
         self.eligible: tuple[Backend, ...] = ()
 
     def _emit(self, event: str, backend: Backend, message: str) -> None:
@@ -108,10 +113,15 @@ class Pool:
             panicking = bool(eligible)
         if panicking != self.panicking:
             self.panicking = panicking
-            for listener in self.panic_listeners:
-                listener(panicking, len(eligible))
+            for panic_listener in self.panic_listeners:
+                panic_listener(panicking, len(eligible))
         self.eligible = eligible
         self.algorithm.update(eligible)
+        for rebuilt in self.rebuild_listeners:
+            rebuilt(self)
+
+    def by_key(self, key: str) -> Backend | None:
+        return next((b for b in self.backends.values() if b.key == key), None)
 
     def candidates(self, client: str) -> Iterator[Backend]:
         """Eligible backends for a client, best first; retries walk on down the list."""

@@ -177,7 +177,7 @@ class Session(asyncio.Protocol):
     async def _try_backends(self) -> None:
         service = self.service
         if self.candidates is None:
-            self.candidates = service.pool.candidates(self.client_ip)
+            self.candidates = service.candidates(self.client_ip)
         attempts = service.config.retries + 1
         timeout = service.config.timeouts.connect
         last_error = ""
@@ -185,7 +185,7 @@ class Session(asyncio.Protocol):
             if self.attempts == attempts:
                 break
             self.attempts += 1
-            backend.active += 1
+            service.acquire(backend)
             begin = self.loop.time()
             try:
                 async with asyncio.timeout(timeout):
@@ -195,14 +195,14 @@ class Session(asyncio.Protocol):
                         backend.address.port,
                     )
             except (OSError, TimeoutError) as exc:
-                backend.active -= 1
+                service.release(backend)
                 last_error = describe_error(exc)
                 service.connect_failed(
                     backend, last_error, refused=isinstance(exc, ConnectionRefusedError)
                 )
                 continue
             except asyncio.CancelledError:
-                backend.active -= 1
+                service.release(backend)
                 raise
             self.connect_ms = (self.loop.time() - begin) * 1000.0
             return
@@ -282,7 +282,7 @@ class Session(asyncio.Protocol):
         if self.bytes_in and self.replay is None:
             return False  # the client's bytes are gone with that backend
         # Abandon this backend connection and walk on down the candidates.
-        upstream.backend.active -= 1
+        self.service.release(upstream.backend)
         self.upstream = None
         self.backend = None
         self.backend_open = False
@@ -346,7 +346,7 @@ class Session(asyncio.Protocol):
             self.idle_timer.cancel()
         backend = self.backend
         if backend is not None:
-            backend.active -= 1
+            self.service.release(backend)
             backend.bytes_in += self.bytes_in
             backend.bytes_out += self.bytes_out
         self.service.finished(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from balancer import algorithms
 from balancer.config import Address, ServiceConfig
@@ -16,6 +18,7 @@ from balancer.health import Health
 from balancer.logs import AccessRecord, EventLog
 from balancer.pool import DOWN, ENABLED, UP, Backend, Pool
 from balancer.relay import Session, Termination
+from balancer.shared import SharedCursor, SharedState
 from balancer.stats import BackendStats
 
 BACKLOG = 1024
@@ -25,25 +28,90 @@ class StartupError(Exception):
     """A service cannot start; the message says which and why, in one line."""
 
 
+class PassiveHealth(Protocol):
+    """What a service needs of health: the local `Health`, or a worker's link to it."""
+
+    def sync(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None: ...
+
+    def passive_success(self, backend: Backend) -> None: ...
+
+
+HealthFactory = Callable[["Service"], PassiveHealth]
+
+
 class Service:
-    def __init__(self, config: ServiceConfig, log: EventLog) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        log: EventLog,
+        health: HealthFactory | None = None,
+        *,
+        worker: bool = False,
+    ) -> None:
         self.config = config
         self.name = config.name
         self.log = log
+        self.worker = worker  # a worker process: relays only, the supervisor logs state
         algorithm = algorithms.create(config.algorithm)
         self.pool = Pool(config.name, algorithm, panic=config.passive.panic)
-        self.pool.listeners.append(self._state_changed)
-        self.pool.panic_listeners.append(self._panic_changed)
-        self.health = Health(self.pool, config.health_check, config.passive)
+        if not worker:
+            self.pool.listeners.append(self._state_changed)
+            self.pool.panic_listeners.append(self._panic_changed)
+        self.health_factory = health
+        self.health = self._make_health()
         self.sessions: set[Session] = set()
         self.server: asyncio.Server | None = None
         self.closing = False
         self.address = str(config.listen)
+        self.bound: Address | None = None  # the port a supervisor reserved for its workers
+        self.remote_open = 0  # open connections on worker processes, as last reported
+        self.shared: SharedState | None = None
+        self.worker_index = 0
+        self.uses_load = False
         self.accepted = 0
         self.stats = BackendStats()  # every connection of the service, with a backend or not
         # Discovered ports take traffic only once a check has found them listening.
-        for address, (weight, health) in self._wanted_backends(config).items():
-            self.pool.add(address, weight, health=health, quiet=True)
+        for address, (weight, state) in self._wanted_backends(config).items():
+            self.pool.add(address, weight, health=state, quiet=True)
+
+    def _make_health(self) -> PassiveHealth:
+        if self.health_factory is not None:
+            return self.health_factory(self)
+        return Health(self.pool, self.config.health_check, self.config.passive)
+
+    def share(self, shared: SharedState, worker: int, cursor: int) -> None:
+        """Count connections across workers, and walk one round-robin schedule with them."""
+        self.shared = shared
+        self.worker_index = worker
+        self.uses_load = bool(getattr(self.pool.algorithm, "uses_load", False))
+        if hasattr(self.pool.algorithm, "cursor"):
+            self.pool.algorithm.cursor = SharedCursor(shared, cursor)
+
+    def candidates(self, client: str) -> Iterator[Backend]:
+        shared = self.shared
+        if shared is not None and self.uses_load:
+            worker = self.worker_index
+            for backend in self.pool.eligible:
+                if backend.slot >= 0:
+                    backend.others = shared.others(worker, backend.slot)
+        return self.pool.candidates(client)
+
+    def acquire(self, backend: Backend) -> None:
+        backend.active += 1
+        if self.shared is not None and backend.slot >= 0:
+            self.shared.set_active(self.worker_index, backend.slot, backend.active)
+
+    def release(self, backend: Backend) -> None:
+        backend.active -= 1
+        if self.shared is not None and backend.slot >= 0:
+            self.shared.set_active(self.worker_index, backend.slot, backend.active)
+
+    def open_connections(self) -> int:
+        return len(self.sessions) + self.remote_open
 
     async def bind(self, listen: Address) -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -54,6 +122,7 @@ class Service:
                 listen.port,
                 backlog=BACKLOG,
                 reuse_address=True,
+                reuse_port=self.worker or None,
             )
         except OSError as exc:
             reason = exc.strerror or str(exc)
@@ -68,6 +137,10 @@ class Service:
         sock = server.sockets[0]
         host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+        if not self.worker:
+            self.announce()
+
+    def announce(self) -> None:
         backends = ", ".join(f"{b.key} (weight {b.weight})" for b in self.pool.backends.values())
         if self.config.discover is not None:
             d = self.config.discover
@@ -105,7 +178,7 @@ class Service:
                 self.pool.set_weight(backend, weight)
         if (config.health_check, config.passive) != (old.health_check, old.passive):
             self.health.stop()
-            self.health = Health(self.pool, config.health_check, config.passive)
+            self.health = self._make_health()
         self.health.sync()
         self.pool.rebuild()
 

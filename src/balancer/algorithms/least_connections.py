@@ -10,12 +10,14 @@ if TYPE_CHECKING:
 
 
 def load(backend: Backend) -> float:
-    """The load a new connection would see: (active + 1) / weight."""
-    return (backend.active + 1) / backend.effective_weight
+    """The load a new connection would see: (active + 1) / weight, over all workers."""
+    return (backend.active + backend.others + 1) / backend.effective_weight
 
 
 class LeastConnections:
     """Ties go round in rotation, so equal backends share evenly even when idle."""
+
+    uses_load = True  # reads active connections, which several workers must sum
 
     def __init__(self) -> None:
         self._backends: tuple[Backend, ...] = ()

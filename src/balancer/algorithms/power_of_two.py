@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 
 class PowerOfTwo:
+    uses_load = True  # reads active connections, which several workers must sum
+
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._backends: tuple[Backend, ...] = ()

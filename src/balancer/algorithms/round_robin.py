@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from balancer.pool import Backend
+    from balancer.shared import SharedCursor
 
 MAX_CYCLE = 65536
 
@@ -42,6 +43,8 @@ class RoundRobin:
         self._backends: tuple[Backend, ...] = ()
         self._schedule: list[int] = []
         self._position = 0
+        # With several workers, a position shared by all of them (see balancer.shared).
+        self.cursor: SharedCursor | None = None
 
     def update(self, backends: Sequence[Backend]) -> None:
         self._backends = tuple(backends)
@@ -54,8 +57,11 @@ class RoundRobin:
         backends, schedule = self._backends, self._schedule
         if not schedule:
             return
-        position = self._position
-        self._position = (position + 1) % len(schedule)
+        if self.cursor is not None:
+            position = self.cursor.next(len(schedule))
+        else:
+            position = self._position
+            self._position = (position + 1) % len(schedule)
         first = schedule[position]
         yield backends[first]
         count = len(backends)

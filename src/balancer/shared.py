@@ -1,0 +1,88 @@
+"""State the worker processes share through one block of shared memory.
+
+Two kinds of cell, all 64-bit integers:
+- a round-robin cursor per service, so the workers walk one schedule between them and the
+  shares stay exact (a pick reads the cursor and writes it back; two workers picking at the same
+  instant may take the same slot, which only shifts the cycle by one);
+- an open-connection count per worker per backend slot. Each worker writes only its own cells,
+  so no lock is needed; least-connections sums the other workers' cells when it picks.
+
+The supervisor creates the block and assigns slots; workers attach by name.
+"""
+
+from __future__ import annotations
+
+from multiprocessing import resource_tracker, shared_memory
+
+MAX_SERVICES = 64
+MAX_SLOTS = 4096  # backends over all services, over the life of the process
+CELL = 8
+
+
+class SharedState:
+    def __init__(self, name: str | None, workers: int) -> None:
+        size = CELL * (MAX_SERVICES + workers * MAX_SLOTS)
+        if name is None:
+            self.memory = shared_memory.SharedMemory(create=True, size=size)
+            self.owner = True
+        else:
+            self.memory = shared_memory.SharedMemory(name=name)
+            # The supervisor owns the block; a worker must not unlink it when it exits.
+            resource_tracker.unregister(self.memory._name, "shared_memory")  # type: ignore[attr-defined]
+            self.owner = False
+        self.name = self.memory.name
+        self.workers = workers
+        buffer = self.memory.buf
+        assert buffer is not None
+        self.cells = buffer.cast("q")
+
+    # -- round-robin cursors -----------------------------------------------------------------
+
+    def cursor(self, service: int) -> int:
+        return int(self.cells[service])
+
+    def set_cursor(self, service: int, value: int) -> None:
+        self.cells[service] = value
+
+    # -- open connections ---------------------------------------------------------------------
+
+    def _cell(self, worker: int, slot: int) -> int:
+        return MAX_SERVICES + worker * MAX_SLOTS + slot
+
+    def set_active(self, worker: int, slot: int, count: int) -> None:
+        self.cells[self._cell(worker, slot)] = count
+
+    def others(self, worker: int, slot: int) -> int:
+        """Open connections on `slot` held by every worker but `worker`."""
+        cells = self.cells
+        return sum(
+            cells[MAX_SERVICES + w * MAX_SLOTS + slot] for w in range(self.workers) if w != worker
+        )
+
+    def total(self, slot: int) -> int:
+        return sum(self.cells[MAX_SERVICES + w * MAX_SLOTS + slot] for w in range(self.workers))
+
+    def clear_worker(self, worker: int) -> None:
+        """A dead worker's connections are gone with it."""
+        start = MAX_SERVICES + worker * MAX_SLOTS
+        for i in range(start, start + MAX_SLOTS):
+            self.cells[i] = 0
+
+    def close(self) -> None:
+        self.cells.release()
+        self.memory.close()
+        if self.owner:
+            self.memory.unlink()
+
+
+class SharedCursor:
+    """A round-robin position that lives in shared memory."""
+
+    def __init__(self, state: SharedState, service: int) -> None:
+        self.state = state
+        self.service = service
+
+    def next(self, length: int) -> int:
+        position = self.state.cursor(self.service) % length
+        self.state.set_cursor(self.service, position + 1)
+        return position

@@ -1,0 +1,515 @@
+"""Several worker processes sharing the listening ports, under one supervisor.
+
+The supervisor owns every decision about backends: it runs the health checks, the passive
+ejection logic, the admin API and reloads, and pushes each pool's state to the workers after
+every change. Workers only relay: they accept on the service ports (SO_REUSEPORT, so the kernel
+spreads new connections over them), report passive failures and their figures to the supervisor,
+and hear back how many connections the other workers hold on each backend, so least-connections
+counts them all. A worker that dies is replaced; only its own open connections are lost.
+
+Messages are length-prefixed pickles over a socketpair between the two processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from balancer.config import Address, Config
+from balancer.pool import Backend, Pool
+from balancer.shared import MAX_SERVICES, MAX_SLOTS, SharedState
+from balancer.stats import BackendStats, Timing
+
+if TYPE_CHECKING:
+    from balancer.app import Balancer
+    from balancer.service import Service
+
+HEADER = struct.Struct("!I")
+STATS_INTERVAL = 0.5  # how often a worker reports its figures
+RESTART_DELAY = 0.5
+
+
+async def send(writer: asyncio.StreamWriter, message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(HEADER.pack(len(data)) + data)
+    await writer.drain()
+
+
+async def receive(reader: asyncio.StreamReader) -> Any:
+    (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+Snapshot = list[tuple[Address, int, float, str, str, int]]
+
+
+def pool_snapshot(pool: Pool) -> Snapshot:
+    return [
+        (b.address, b.weight, b.effective_weight, b.health, b.state, b.slot)
+        for b in pool.backends.values()
+    ]
+
+
+def apply_snapshot(pool: Pool, snapshot: Snapshot) -> None:
+    """Make a worker's pool match the supervisor's, then rebuild the tables once."""
+    wanted = {item[0]: item for item in snapshot}
+    for address in [a for a in pool.backends if a not in wanted]:
+        del pool.backends[address]
+    for address, weight, effective, health, state, slot in snapshot:
+        backend = pool.backends.get(address)
+        if backend is None:
+            backend = pool.backends[address] = Backend(address, weight, health)
+        backend.weight, backend.effective_weight = weight, effective
+        backend.health, backend.state, backend.slot = health, state, slot
+    pool.rebuild()
+
+
+# -- figures a worker reports ------------------------------------------------------------------
+
+
+def _timing_wire(timing: Timing) -> tuple[list[int], int, float, str]:
+    return (timing.buckets, timing.count, timing.sum, timing.hdr.encode().decode())
+
+
+def _timing_from_wire(wire: tuple[list[int], int, float, str]) -> Timing:
+    from hdrh.histogram import HdrHistogram
+
+    timing = Timing()
+    timing.buckets, timing.count, timing.sum = list(wire[0]), wire[1], wire[2]
+    if wire[1]:
+        timing.hdr = HdrHistogram.decode(wire[3].encode())
+    return timing
+
+
+def _stats_wire(stats: BackendStats) -> tuple[Any, Any, dict[str, int]]:
+    return (_timing_wire(stats.connect), _timing_wire(stats.duration), dict(stats.terminations))
+
+
+def _stats_from_wire(wire: tuple[Any, Any, dict[str, int]]) -> BackendStats:
+    stats = BackendStats()
+    stats.connect = _timing_from_wire(wire[0])
+    stats.duration = _timing_from_wire(wire[1])
+    stats.terminations.update(wire[2])
+    return stats
+
+
+def worker_figures(services: dict[str, Service]) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for name, service in services.items():
+        live = service.live_bytes()
+        backends = {}
+        for b in service.pool.backends.values():
+            live_in, live_out = live.get(b, (0, 0))
+            backends[b.key] = {
+                "active": b.active,
+                "total": b.total,
+                "bytes_in": b.bytes_in + live_in,
+                "bytes_out": b.bytes_out + live_out,
+                "connect_failures": b.connect_failures,
+                "stats": _stats_wire(b.stats),
+            }
+        figures[name] = {
+            "accepted": service.accepted,
+            "open": len(service.sessions),
+            "stats": _stats_wire(service.stats),
+            "backends": backends,
+        }
+    return figures
+
+
+@dataclass
+class Totals:
+    """Cumulative figures of one service or backend, summed over workers."""
+
+    total: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    connect_failures: int = 0
+    stats: BackendStats = field(default_factory=BackendStats)
+
+    def add_totals(self, other: Totals) -> None:
+        self.total += other.total
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        self.connect_failures += other.connect_failures
+        self.stats.connect.merge(other.stats.connect)
+        self.stats.duration.merge(other.stats.duration)
+        self.stats.terminations.update(other.stats.terminations)
+
+    def add(self, figures: dict[str, Any]) -> None:
+        self.total += figures.get("total", figures.get("accepted", 0))
+        self.bytes_in += figures.get("bytes_in", 0)
+        self.bytes_out += figures.get("bytes_out", 0)
+        self.connect_failures += figures.get("connect_failures", 0)
+        other = _stats_from_wire(figures["stats"])
+        self.stats.connect.merge(other.connect)
+        self.stats.duration.merge(other.duration)
+        self.stats.terminations.update(other.terminations)
+
+
+# -- the worker side ---------------------------------------------------------------------------
+
+
+class RemoteHealth:
+    """Health as a worker sees it: passive reports go to the supervisor, which decides."""
+
+    def __init__(self, link: WorkerLink, service: str) -> None:
+        self.link = link
+        self.service = service
+        self.failing: set[str] = set()
+
+    def sync(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None:
+        backend.failures += 1
+        self.failing.add(backend.key)
+        self.link.post(("failure", self.service, backend.key, error, refused))
+
+    def passive_success(self, backend: Backend) -> None:
+        # Only worth a message when the supervisor may be counting failures in a row.
+        if backend.key in self.failing:
+            self.failing.discard(backend.key)
+            self.link.post(("answered", self.service, backend.key))
+
+
+class WorkerLink:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.outbox: asyncio.Queue[object] = asyncio.Queue()
+
+    def post(self, message: object) -> None:
+        self.outbox.put_nowait(message)
+
+    async def pump(self) -> None:
+        while True:
+            await send(self.writer, await self.outbox.get())
+
+
+async def worker_main(fd: int, index: int) -> int:
+    from balancer.app import Balancer
+    from balancer.logs import EventLog, route_python_logging
+
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    link = WorkerLink(reader, writer)
+    config, memory_name, services = await receive(reader)
+    shared = SharedState(memory_name, config.workers)
+    log = EventLog(config.log.file, config.log.format)
+    route_python_logging(log)
+    balancer = Balancer(config, log, worker=index, health=lambda s: RemoteHealth(link, s.name))
+    balancer.share(shared, services)
+    await balancer.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, balancer.request_stop, "SIGTERM", config.grace)
+    loop.add_signal_handler(signal.SIGINT, balancer.request_stop, "SIGINT", 0.0)
+    await send(writer, ("ready", os.getpid()))
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            link.post(("figures", worker_figures(balancer.services)))
+
+    async def listen() -> None:
+        while True:
+            try:
+                message = await receive(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The supervisor is gone: finish what is open, then leave.
+                balancer.request_stop("supervisor gone", config.grace)
+                return
+            kind = message[0]
+            if kind == "pool":
+                service = balancer.services.get(message[1])
+                if service is not None:
+                    apply_snapshot(service.pool, message[2])
+            elif kind == "config":
+                await balancer.apply_config(message[1])
+                balancer.share(shared, message[2])
+
+    tasks = [loop.create_task(t()) for t in (link.pump, report, listen)]
+    await balancer.serve()
+    for task in tasks:
+        task.cancel()
+    for service in balancer.services.values():
+        for backend in service.pool.backends.values():
+            if backend.slot >= 0:
+                shared.set_active(index, backend.slot, 0)
+    try:  # the last word: figures up to the end, so the totals lose nothing
+        await send(writer, ("figures", worker_figures(balancer.services)))
+        writer.close()
+    except ConnectionError:
+        pass
+    return 0
+
+
+def run_worker(argv: list[str]) -> int:
+    fd, index = int(argv[0]), int(argv[1])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the loop's own handler is in place
+    from balancer.loop import run_loop
+
+    return run_loop(worker_main(fd, index))
+
+
+# -- the supervisor side -----------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+    failures_in_a_row: int = 0
+    listener: asyncio.Task[None] | None = None
+    watcher: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    def __init__(self, balancer: Balancer, count: int) -> None:
+        self.balancer = balancer
+        self.workers = [Worker(i) for i in range(count)]
+        self.shared = SharedState(None, count)
+        self.slots: dict[tuple[str, Address], int] = {}
+        self.service_index: dict[str, int] = {}
+        self.reserved: dict[str, socket.socket] = {}
+        self.retired: dict[str, dict[str, Totals]] = {}  # figures of workers that died
+        self.stopping = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def reserve(self, service: Service, listen: Address) -> None:
+        """Bind (not listen) the service port, so a port of 0 becomes one port for all."""
+        from balancer.service import StartupError
+
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((listen.host, listen.port))
+        except OSError as exc:
+            sock.close()
+            reason = "address already in use" if exc.errno == 98 else (exc.strerror or str(exc))
+            raise StartupError(
+                f"service {service.name!r} cannot listen on {listen}: {reason.lower()}"
+            ) from None
+        old = self.reserved.pop(service.name, None)
+        if old is not None:
+            old.close()
+        self.reserved[service.name] = sock
+        host, port = sock.getsockname()[:2]
+        service.address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        service.bound = Address(listen.host, port)
+
+    def worker_config(self) -> Config:
+        """The config as workers run it: with the ports the supervisor reserved."""
+        config = self.balancer.config
+        services = tuple(
+            replace(s, listen=self.balancer.services[s.name].bound or s.listen)
+            for s in config.services
+        )
+        return replace(config, services=services)
+
+    def _assign(self) -> dict[str, int]:
+        """Give every service a cursor and every backend a slot, once for all time."""
+        for name, service in self.balancer.services.items():
+            if name not in self.service_index:
+                if len(self.service_index) >= MAX_SERVICES:
+                    raise RuntimeError(f"at most {MAX_SERVICES} services with several workers")
+                self.service_index[name] = len(self.service_index)
+            for backend in service.pool.backends.values():
+                slot = self.slots.get((name, backend.address))
+                if slot is None:
+                    if len(self.slots) >= MAX_SLOTS:
+                        continue  # past the table's end: not counted across workers
+                    slot = self.slots[(name, backend.address)] = len(self.slots)
+                backend.slot = slot
+        return {n: i for n, i in self.service_index.items() if n in self.balancer.services}
+
+    async def start(self) -> None:
+        for service in self.balancer.services.values():
+            service.pool.rebuild_listeners.append(self._pool_changed)
+        self._assign()
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _spawn(self, worker: Worker) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        worker.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "balancer.workers",
+            str(theirs.fileno()),
+            str(worker.index),
+            pass_fds=[theirs.fileno()],
+        )
+        theirs.close()
+        worker.started = loop.time()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        worker.writer = writer
+        await send(writer, (self.worker_config(), self.shared.name, self._assign()))
+        for name, service in self.balancer.services.items():
+            await send(writer, ("pool", name, pool_snapshot(service.pool)))
+        ready = await receive(reader)
+        if ready[0] != "ready":
+            raise RuntimeError(f"worker {worker.index} did not start: {ready!r}")
+        self.balancer.log.event(
+            "worker", f"worker {worker.index} started, pid {worker.process.pid}"
+        )
+        worker.listener = loop.create_task(self._listen(worker, reader))
+        worker.watcher = loop.create_task(self._watch(worker))
+
+    async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
+        services = self.balancer.services
+        while True:
+            try:
+                message = await receive(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            kind = message[0]
+            if kind == "figures":
+                worker.figures = message[1]
+                self.aggregate()
+            elif kind in ("failure", "answered"):
+                service = services.get(message[1])
+                backend = service.pool.by_key(message[2]) if service else None
+                if service is None or backend is None:
+                    continue
+                if kind == "failure":
+                    backend.failures -= 1  # the health object counts it again
+                    service.health.passive_failure(backend, message[3], refused=message[4])
+                else:
+                    service.health.passive_success(backend)
+
+    async def _watch(self, worker: Worker) -> None:
+        assert worker.process is not None
+        status = await worker.process.wait()
+        if worker.listener is not None:
+            try:  # read what the worker said last, up to its EOF
+                async with asyncio.timeout(2.0):
+                    await worker.listener
+            except TimeoutError:
+                worker.listener.cancel()
+        if worker.writer is not None:
+            worker.writer.close()
+        self._retire(worker)
+        if self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        quick = loop.time() - worker.started < 5.0
+        worker.failures_in_a_row = worker.failures_in_a_row + 1 if quick else 0
+        delay = min(RESTART_DELAY * 2**worker.failures_in_a_row, 30.0)
+        how = f"signal {-status}" if status < 0 else f"status {status}"
+        self.balancer.log.event(
+            "worker_died",
+            f"worker {worker.index} (pid {worker.process.pid}) exited with {how}; "
+            f"restarting in {delay:g}s",
+        )
+        await asyncio.sleep(delay)
+        if not self.stopping:
+            await self._spawn(worker)
+
+    def _retire(self, worker: Worker) -> None:
+        """Keep a dead worker's cumulative figures in the totals."""
+        for name, figures in worker.figures.items():
+            kept = self.retired.setdefault(name, {})
+            kept.setdefault("", Totals()).add(figures)
+            for key, backend in figures["backends"].items():
+                kept.setdefault(key, Totals()).add(backend)
+        worker.figures = {}
+        self.shared.clear_worker(worker.index)
+        self.aggregate()
+
+    def aggregate(self) -> None:
+        """Sum the workers' figures into the supervisor's services, for the API and metrics."""
+        for name, service in self.balancer.services.items():
+            totals: dict[str, Totals] = {}
+            opened = 0
+            for key, kept in self.retired.get(name, {}).items():
+                totals.setdefault(key, Totals()).add_totals(kept)
+            for worker in self.workers:
+                figures = worker.figures.get(name)
+                if not figures:
+                    continue
+                opened += figures["open"]
+                totals.setdefault("", Totals()).add(figures)
+                for key, backend in figures["backends"].items():
+                    totals.setdefault(key, Totals()).add(backend)
+            service.remote_open = opened
+            whole = totals.get("", Totals())
+            service.accepted = whole.total - opened
+            service.stats = whole.stats
+            for b in service.pool.backends.values():
+                t = totals.get(b.key, Totals())
+                b.total, b.bytes_in, b.bytes_out = t.total, t.bytes_in, t.bytes_out
+                b.connect_failures = t.connect_failures
+                b.stats = t.stats
+                b.active = self.shared.total(b.slot) if b.slot >= 0 else 0
+
+    def _post(self, worker: Worker, message: object) -> None:
+        if worker.writer is None or worker.writer.is_closing():
+            return
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        worker.writer.write(HEADER.pack(len(data)) + data)
+
+    def _pool_changed(self, pool: Pool) -> None:
+        self._assign()
+        for worker in self.workers:
+            self._post(worker, ("pool", pool.name, pool_snapshot(pool)))
+
+    def broadcast_config(self) -> None:
+        config = self.worker_config()
+        services = self._assign()
+        for worker in self.workers:
+            self._post(worker, ("config", config, services))
+        for service in self.balancer.services.values():
+            if self._pool_changed not in service.pool.rebuild_listeners:
+                service.pool.rebuild_listeners.append(self._pool_changed)
+            self._pool_changed(service.pool)
+
+    def interrupt(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(signal.SIGINT)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM (drain for `grace`) or, with no grace, SIGINT to every worker; then wait."""
+        self.stopping = True
+        sig = signal.SIGTERM if grace > 0 else signal.SIGINT
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(sig)
+        watchers = [w.watcher for w in self.workers if w.watcher is not None]
+        try:
+            async with asyncio.timeout(grace + 5.0):
+                await asyncio.gather(*watchers)
+        except TimeoutError:
+            for worker in self.workers:
+                if worker.process is not None and worker.process.returncode is None:
+                    worker.process.kill()
+        for task in list(self.tasks):
+            task.cancel()
+        for sock in self.reserved.values():
+            sock.close()
+        self.shared.close()
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker(sys.argv[1:]))
