@@ -7,16 +7,19 @@ grace period), SIGINT stops at once, SIGHUP reloads the config file.
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from balancer.admin import Admin, AdminError
 from balancer.config import Config, ConfigError, ServiceConfig, load_config
 from balancer.logs import EventLog, route_python_logging
 from balancer.loop import run_loop
-from balancer.service import HealthFactory, Service, StartupError
+from balancer.relay import describe_error
+from balancer.service import Budget, HealthFactory, Service, StartupError
 from balancer.shared import SharedState
 from balancer.workers import Supervisor
 
@@ -42,6 +45,7 @@ class Balancer:
         self.worker = worker
         self.health_factory = health
         self.supervisor: Supervisor | None = None
+        self.budget = Budget(connection_budget())
         if worker is None and config.workers > 1:
             self.supervisor = Supervisor(self, config.workers)
         self.services = {s.name: self._service(s) for s in config.services}
@@ -52,6 +56,7 @@ class Balancer:
         self._reason = ""
         self._flusher: asyncio.TimerHandle | None = None
         self._reloading = asyncio.Lock()
+        self.exhausted_since: float | None = None
 
     def share(self, shared: SharedState, cursors: dict[str, int]) -> None:
         """A worker's services count connections and walk round-robin with the others."""
@@ -61,7 +66,13 @@ class Balancer:
                 service.share(shared, self.worker, cursors[name])
 
     def _service(self, config: ServiceConfig) -> Service:
-        return Service(config, self.log, self.health_factory, worker=self.worker is not None)
+        return Service(
+            config,
+            self.log,
+            self.health_factory,
+            worker=self.worker is not None,
+            budget=self.budget,
+        )
 
     async def _open(self, service: Service) -> None:
         """Start a service: listen, or, as a supervisor, reserve its port for the workers."""
@@ -89,6 +100,27 @@ class Balancer:
                 service.stop()
             raise
         self._schedule_flush()
+
+    def accept_exhausted(self, error: str) -> None:
+        if self.exhausted_since is None:
+            # (Connections accepted in the same batch are still to arrive: not a recovery.)
+            self.exhausted_since = time.monotonic()
+            self.log.event(
+                "accept_paused",
+                f"cannot accept: {error}; listeners pause and retry every second",
+            )
+            for service in self.services.values():
+                service.on_recovery = self._accept_recovered
+
+    def _accept_recovered(self) -> None:
+        if self.exhausted_since is not None:
+            took = time.monotonic() - self.exhausted_since
+            if took < 0.5:
+                return  # accepted before the failure, in the same batch
+            self.exhausted_since = None
+            self.log.event("accept_resumed", f"accepting again after {took:.1f}s")
+        for service in self.services.values():
+            service.on_recovery = None
 
     def _schedule_flush(self) -> None:
         self.log.flush()
@@ -219,8 +251,52 @@ class Balancer:
         self.log.flush()
 
 
+RESERVED_DESCRIPTORS = 64  # for the log, health checks, the admin API and listeners
+
+
+def connection_budget() -> int:
+    """Relayed connections this process can hold: two descriptors each."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(1, (soft - RESERVED_DESCRIPTORS) // 2)
+
+
+def raise_descriptor_limit(log: EventLog) -> None:
+    """Lift the soft limit on open descriptors to the hard limit, and say so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.event("limits", f"open-file limit stays {soft}: cannot raise it to {hard}: {exc}")
+            return
+    log.event(
+        "limits",
+        f"open-file limit {hard} (was {soft}): at most {connection_budget()} relayed connections "
+        "per process",
+    )
+
+
+def install_exception_handler(balancer: Balancer) -> None:
+    """Turn asyncio's report of accept() failing for lack of descriptors into one line per
+    episode; asyncio itself pauses that listener and retries every second."""
+    loop = asyncio.get_running_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            exc = context.get("exception")
+            balancer.accept_exhausted(describe_error(exc) if exc else "out of resources")
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 async def _main(config: Config, log: EventLog, config_path: str | None, announce: IO[str]) -> int:
+    raise_descriptor_limit(log)
     balancer = Balancer(config, log, config_path)
+    install_exception_handler(balancer)
     try:
         await balancer.start()
     except (StartupError, AdminError) as exc:

@@ -114,6 +114,8 @@ def parse_port_range(text: str) -> tuple[int, int]:
 class BackendConfig:
     address: Address
     weight: int = 1
+    max_connections: int = 0  # 0: no limit; beyond it connections queue (see Limits)
+    send_proxy: str | None = None  # v1 or v2: overrides the service's
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,24 @@ class DiscoveryConfig:
 @dataclass(frozen=True)
 class Timeouts:
     connect: float = 3.0
-    idle: float = 300.0
+    idle: float = 300.0  # nothing either way for this long ends a connection
+    client: float = 0.0  # nothing from the client for this long (0: off)
+    server: float = 0.0  # nothing from the backend for this long (0: off)
+    client_first_byte: float = 0.0  # a client that sends nothing for this long after connecting
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one service admits: HAProxy's maxconn, queue and ACLs, nginx's limit_conn/req."""
+
+    max_connections: int = 0  # open client connections; beyond it clients wait in the backlog
+    queue_size: int = 1024  # connections waiting for a backend below its max_connections
+    queue_timeout: float = 5.0
+    client_max_connections: int = 0  # open connections per client address
+    client_rate: float = 0.0  # new connections per second per client address (token bucket)
+    client_burst: int = 0  # bucket size; default: the rate, at least 1
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: everyone
+    deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +215,9 @@ class ServiceConfig:
     retries: int = 3
     no_backend_message: bytes | None = None
     passive: PassiveConfig = field(default_factory=PassiveConfig)
+    limits: Limits = field(default_factory=Limits)
+    send_proxy: str | None = None  # v1 or v2: tell backends the client's address
+    accept_proxy: bool = False  # clients arrive through another proxy that sends the header
 
 
 @dataclass(frozen=True)
@@ -322,10 +344,14 @@ def _backend(item: object, path: str, errors: list[str]) -> BackendConfig | None
     table = _Table(item, path, errors)
     address = table.get("address", None, parse_address)
     weight = table.get("weight", 1, _int_in(1, MAX_WEIGHT))
+    max_connections = table.get("max_connections", 0, _int_in(0, 1_000_000))
+    send_proxy = table.get("send_proxy", None, _choice("v1", "v2"))
     table.finish()
     if "address" not in table.data and isinstance(item, dict):
         errors.append(f"{path}.address: required")
-    return BackendConfig(address, weight) if address else None
+    if not address:
+        return None
+    return BackendConfig(address, weight, max_connections, send_proxy)
 
 
 def _discovery(value: object, path: str, errors: list[str]) -> DiscoveryConfig | None:
@@ -349,9 +375,50 @@ def _timeouts(value: object, path: str, errors: list[str]) -> Timeouts:
     result = Timeouts(
         connect=table.get("connect", defaults.connect, _positive_duration),
         idle=table.get("idle", defaults.idle, _positive_duration),
+        client=table.get("client", defaults.client, parse_duration),
+        server=table.get("server", defaults.server, parse_duration),
+        client_first_byte=table.get(
+            "client_first_byte", defaults.client_first_byte, parse_duration
+        ),
     )
     table.finish()
     return result
+
+
+def _networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f'expected a list of CIDRs such as ["10.0.0.0/8"], got {value!r}')
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(_string(item), strict=False))
+        except (ValueError, TypeError):
+            raise ValueError(f"not an address or CIDR: {item!r}") from None
+    return tuple(networks)
+
+
+def _limits(table: _Table) -> Limits:
+    """Limit keys, read from the service table itself."""
+    d = Limits()
+    rate = table.get("client_rate", d.client_rate, _non_negative_number)
+    return Limits(
+        max_connections=table.get("max_connections", d.max_connections, _int_in(0, 10_000_000)),
+        queue_size=table.get("queue_size", d.queue_size, _int_in(0, 10_000_000)),
+        queue_timeout=table.get("queue_timeout", d.queue_timeout, _positive_duration),
+        client_max_connections=table.get(
+            "client_max_connections", d.client_max_connections, _int_in(0, 10_000_000)
+        ),
+        client_rate=rate,
+        client_burst=table.get("client_burst", max(1, round(rate)), _int_in(1, 10_000_000)),
+        allow=table.get("allow", d.allow, _networks),
+        deny=table.get("deny", d.deny, _networks),
+    )
+
+
+def _non_negative_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"expected a number of at least 0, got {value!r}")
+    return float(value)
 
 
 def _regex(value: object) -> str:
@@ -428,6 +495,9 @@ def _service(item: object, path: str, errors: list[str]) -> ServiceConfig | None
     retries = table.get("retries", 3, _int_in(0, 100))
     message = table.get("no_backend_message", None, _message)
     passive = _passive(table)
+    limits = _limits(table)
+    send_proxy = table.get("send_proxy", None, _choice("v1", "v2"))
+    accept_proxy = table.get("accept_proxy", False, _boolean)
     table.seen.update({"backends", "discover", "timeouts", "health_check"})
     backends: list[BackendConfig] = []
     raw_backends = table.data.get("backends", [])
@@ -467,6 +537,9 @@ def _service(item: object, path: str, errors: list[str]) -> ServiceConfig | None
         retries=retries,
         no_backend_message=message,
         passive=passive,
+        limits=limits,
+        send_proxy=send_proxy,
+        accept_proxy=accept_proxy,
     )
 
 

@@ -18,11 +18,12 @@ import h11
 
 from balancer.config import HealthCheckConfig, PassiveConfig
 from balancer.pool import DOWN, UP, Backend, Pool
-from balancer.relay import describe_error
+from balancer.relay import RESOURCE_ERRORS, describe_error
 
 JITTER = 0.1  # each interval is stretched or shrunk by up to 10%, so checks do not fire together
 SLOW_START_STEPS = 10
 MAX_RESPONSE = 65536  # bytes of a check response read at most
+SKIPPED = "skipped"  # a check that could not run here (out of descriptors): no verdict
 
 
 # -- pure parts: what to send, and how to read the answer ------------------------------------
@@ -87,6 +88,8 @@ async def probe(backend: Backend, check: HealthCheckConfig) -> str | None:
     except TimeoutError:
         return f"no answer within {check.timeout:g}s"
     except OSError as exc:
+        if exc.errno in RESOURCE_ERRORS:
+            return SKIPPED  # our own shortage says nothing about the backend
         return describe_error(exc)
 
 
@@ -194,6 +197,8 @@ class Health:
 
     def record(self, backend: Backend, error: str | None) -> None:
         """Apply one check result, with rise and fall."""
+        if error is SKIPPED:
+            return
         tracking = self._track(backend)
         first = not backend.checked
         backend.checked = True

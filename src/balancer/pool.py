@@ -41,7 +41,9 @@ class Backend:
         "health",
         "key",
         "last_change",
+        "max_connections",
         "others",
+        "send_proxy",
         "slot",
         "state",
         "stats",
@@ -62,6 +64,8 @@ class Backend:
         self.active = 0
         self.others = 0  # open connections on other worker processes, as of the last pick
         self.slot = -1  # its cell in the workers' shared memory, when there are workers
+        self.max_connections = 0  # 0: no limit
+        self.send_proxy: str | None = None
         self.total = 0
         self.bytes_in = 0
         self.bytes_out = 0

@@ -14,11 +14,13 @@ spoke but before the backend answered, and the client's first bytes are sent aga
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from balancer import proxy_protocol
 from balancer.logs import AccessRecord
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from balancer.service import Service
 
 LINGER = 2.0  # seconds a refused client may keep sending before we close
+RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Termination(StrEnum):
@@ -36,8 +39,22 @@ class Termination(StrEnum):
     NO_BACKEND = "no_backend"  # no backend was eligible
     CONNECT_FAILED = "connect_failed"  # every connect attempt failed
     CLIENT_ABORTED = "client_aborted"  # the client left while the backend connect was pending
-    IDLE_TIMEOUT = "idle_timeout"
+    IDLE_TIMEOUT = "idle_timeout"  # nothing either way for `timeouts.idle`
+    CLIENT_TIMEOUT = "client_timeout"  # nothing from the client for `timeouts.client`
+    SERVER_TIMEOUT = "server_timeout"  # nothing from the backend for `timeouts.server`
+    FIRST_BYTE_TIMEOUT = "first_byte_timeout"  # the client sent nothing at all in time
+    QUEUE_TIMEOUT = "queue_timeout"  # every backend was at max_connections for too long
+    QUEUE_FULL = "queue_full"
+    DENIED = "denied"  # the client's address is not allowed
+    CLIENT_LIMIT = "client_limit"  # the client's address has too many open connections
+    RATE_LIMITED = "rate_limited"  # the client's address opens connections too fast
+    BAD_PROXY_HEADER = "bad_proxy_header"
+    NO_RESOURCES = "no_resources"  # out of descriptors or memory here, not the backend's fault
     SHUTDOWN = "shutdown"
+
+
+class QueueFull(Exception):
+    """The service's queue for busy backends holds as many connections as it may."""
 
 
 def describe_error(exc: BaseException | None) -> str:
@@ -50,6 +67,17 @@ def describe_error(exc: BaseException | None) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
+
+
+def _endpoint(address: object) -> tuple[str, int] | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+def _show(endpoint: tuple[str, int]) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Session(asyncio.Protocol):
@@ -66,6 +94,8 @@ class Session(asyncio.Protocol):
         self.attempts = 0
         self.peer = "-"
         self.client_ip = ""
+        self.source: tuple[str, int] | None = None  # the client, or what a PROXY header says
+        self.destination: tuple[str, int] | None = None
         self.started = 0.0
         self.connect_ms = -1.0
         self.bytes_in = 0
@@ -76,10 +106,18 @@ class Session(asyncio.Protocol):
         self.client_open = False
         self.backend_open = False
         self.refusing = False
+        self.admitted = False  # counted in the per-client and max_connections figures
+        self.running = False  # past max_connections' gate: connecting or relaying
+        self.reading_header = service.config.accept_proxy
+        self.header_buffer = b""
+        self.preface = b""  # client bytes read before a backend existed (after a PROXY header)
+        self.awaiting_first_byte = True
         self.replay: list[bytes] | None = [] if service.config.passive.retry_replay else None
         self.replay_size = 0
-        self.last_activity = 0.0
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_client = 0.0
+        self.last_backend = 0.0
+        self.relaying_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self.connector: asyncio.Task[None] | None = None
         self.connecting = False
         self.finished = False
@@ -90,28 +128,83 @@ class Session(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.client = transport
         self.client_open = True
-        self.started = self.last_activity = self.loop.time()
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.client_ip = str(peer[0])
-            self.peer = (
-                f"[{peer[0]}]:{peer[1]}" if ":" in self.client_ip else f"{peer[0]}:{peer[1]}"
-            )
+        self.started = self.last_client = self.last_backend = self.loop.time()
+        self.source = _endpoint(transport.get_extra_info("peername"))
+        self.destination = _endpoint(transport.get_extra_info("sockname"))
+        if self.source is not None:
+            self.client_ip = self.source[0]
+            self.peer = _show(self.source)
         self.service.sessions.add(self)
+        if self.service.on_recovery is not None:
+            self.service.on_recovery()
         if self.service.closing:
             self.end(Termination.SHUTDOWN)
             return
-        self._connect()
+        if self.reading_header:
+            self._arm()  # the header must come within client_first_byte (or connect) time
+            return
+        transport.pause_reading()
+        self._admit()
+
+    def _admit(self) -> None:
+        """Apply ACLs and limits for the client's address, then go on to connect."""
+        refusal = self.service.admit(self)
+        if refusal is not None:
+            self.termination = refusal
+            assert self.client is not None
+            self.client.close()
+            return
+        self.admitted = True
+        self.service.start_when_room(self)
+
+    def start(self) -> None:
+        """Called by the service once there is room under its max_connections."""
+        self.running = True
+        if self.client_open:
+            self._connect()
 
     def data_received(self, data: bytes) -> None:
+        if self.reading_header:
+            self._header_data(data)
+            return
         self.bytes_in += len(data)
-        self.last_activity = self.loop.time()
+        self.last_client = self.loop.time()
+        self.awaiting_first_byte = False
         if self.replay is not None:
             self._keep_for_replay(data)
         transport = self.up_transport
         if transport is not None:
             transport.write(data)
         # else: refused, and reading the client's input only to drop it before closing
+
+    def _header_data(self, data: bytes) -> None:
+        buffer = self.header_buffer + data
+        try:
+            parsed = proxy_protocol.parse(buffer)
+        except proxy_protocol.ProxyProtocolError as exc:
+            self.service.refusal(Termination.BAD_PROXY_HEADER, self.peer, str(exc))
+            self.end(Termination.BAD_PROXY_HEADER)
+            return
+        if parsed is None:
+            self.header_buffer = buffer
+            return
+        header, length = parsed
+        self.reading_header = False
+        self.header_buffer = b""
+        if header.source is not None:
+            self.source, self.destination = header.source, header.destination
+            self.client_ip = header.source[0]
+            self.peer = _show(header.source)
+        rest = buffer[length:]
+        if rest:
+            self.bytes_in += len(rest)
+            self.awaiting_first_byte = False
+            self.preface = rest
+            if self.replay is not None:
+                self._keep_for_replay(rest)
+        assert self.client is not None
+        self.client.pause_reading()
+        self._admit()
 
     def _keep_for_replay(self, data: bytes) -> None:
         assert self.replay is not None
@@ -122,8 +215,8 @@ class Session(asyncio.Protocol):
             self.replay.append(data)
 
     def eof_received(self) -> bool:
-        if self.refusing:
-            return False  # the client has read our answer and finished
+        if self.refusing or self.reading_header:
+            return False  # refused and answered, or gone before its PROXY header
         self.client_eof = True
         if self.termination is None and not self.backend_eof:
             self.termination = Termination.CLIENT_CLOSED
@@ -176,14 +269,39 @@ class Session(asyncio.Protocol):
 
     async def _try_backends(self) -> None:
         service = self.service
-        if self.candidates is None:
-            self.candidates = service.candidates(self.client_ip)
+        while True:
+            if self.candidates is None:
+                self.candidates = service.candidates(self.client_ip)
+            outcome = await self._walk()
+            if outcome != "full":
+                return
+            # Every candidate not yet tried is at its max_connections: wait for a slot.
+            try:
+                await service.wait_for_slot()
+            except QueueFull:
+                service.refusal(Termination.QUEUE_FULL, self.peer, "queue full")
+                self._refuse(Termination.QUEUE_FULL)
+                return
+            except TimeoutError:
+                self._refuse(Termination.QUEUE_TIMEOUT)
+                return
+            self.candidates = None
+
+    async def _walk(self) -> str:
+        """Try candidates in order: "connected", "full", or refused and "done"."""
+        service = self.service
+        assert self.candidates is not None
         attempts = service.config.retries + 1
         timeout = service.config.timeouts.connect
         last_error = ""
+        full = False
         for backend in self.candidates:
             if self.attempts == attempts:
                 break
+            limit = backend.max_connections
+            if limit and backend.active + backend.others >= limit:
+                full = True
+                continue
             self.attempts += 1
             service.acquire(backend)
             begin = self.loop.time()
@@ -197,18 +315,25 @@ class Session(asyncio.Protocol):
             except (OSError, TimeoutError) as exc:
                 service.release(backend)
                 last_error = describe_error(exc)
-                service.connect_failed(
-                    backend, last_error, refused=isinstance(exc, ConnectionRefusedError)
-                )
+                if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
+                    # Our shortage, not the backend's: blame no one, and do not retry.
+                    service.refusal(Termination.NO_RESOURCES, self.peer, last_error)
+                    self._refuse(Termination.NO_RESOURCES)
+                    return "done"
+                refused = isinstance(exc, ConnectionRefusedError)
+                service.connect_failed(backend, last_error, refused=refused)
                 continue
             except asyncio.CancelledError:
                 service.release(backend)
                 raise
             self.connect_ms = (self.loop.time() - begin) * 1000.0
-            return
+            return "connected"
+        if full and self.attempts < attempts:
+            return "full"
         if self.attempts:
             service.log_no_backend(self, last_error)
         self._refuse(Termination.CONNECT_FAILED if self.attempts else Termination.NO_BACKEND)
+        return "done"
 
     def _refuse(self, reason: Termination) -> None:
         """Send the optional message, then close without resetting the client.
@@ -228,9 +353,9 @@ class Session(asyncio.Protocol):
             client.write(message)
         client.write_eof()
         client.resume_reading()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        self.idle_timer = self.loop.call_later(LINGER, self.end)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(LINGER, self.end)
 
     def upstream_made(self, upstream: Upstream, transport: asyncio.Transport) -> None:
         backend = upstream.backend
@@ -243,16 +368,20 @@ class Session(asyncio.Protocol):
             transport.close()
             return
         assert self.client is not None
+        version = backend.send_proxy or self.service.config.send_proxy
+        if version and self.source is not None and self.destination is not None:
+            transport.write(proxy_protocol.build(version, self.source, self.destination))
         if self.replay:
             transport.write(b"".join(self.replay))
+        elif self.preface:
+            transport.write(self.preface)
+        self.preface = b""
         if self.client_eof:
             transport.write_eof()
         else:
             self.client.resume_reading()
-        if self.idle_timer is None:
-            self.idle_timer = self.loop.call_later(
-                self.service.config.timeouts.idle, self._check_idle
-            )
+        self.last_client = self.last_backend = self.relaying_since = self.loop.time()
+        self._arm()
 
     # -- backend side (called by Upstream) ----------------------------------------------------
 
@@ -260,7 +389,7 @@ class Session(asyncio.Protocol):
         if not self.bytes_out:
             self._first_answer()
         self.bytes_out += len(data)
-        self.last_activity = self.loop.time()
+        self.last_backend = self.loop.time()
         assert self.client is not None
         self.client.write(data)
 
@@ -317,16 +446,52 @@ class Session(asyncio.Protocol):
                 self.client.abort()
         self._maybe_finish()
 
-    # -- ending -----------------------------------------------------------------------------
+    # -- timeouts ---------------------------------------------------------------------------
 
-    def _check_idle(self) -> None:
-        idle = self.service.config.timeouts.idle
-        remaining = self.last_activity + idle - self.loop.time()
-        if remaining > 0:
-            self.idle_timer = self.loop.call_later(remaining, self._check_idle)
+    def _deadline(self) -> tuple[float, Termination] | None:
+        """The earliest timeout that applies now, and the reason it would end the connection."""
+        timeouts = self.service.config.timeouts
+        deadlines = []
+        if self.reading_header:
+            wait = timeouts.client_first_byte or timeouts.connect
+            deadlines.append((self.started + wait, Termination.BAD_PROXY_HEADER))
+        elif self.upstream is not None:
+            if self.awaiting_first_byte and timeouts.client_first_byte:
+                deadlines.append(
+                    (
+                        self.relaying_since + timeouts.client_first_byte,
+                        Termination.FIRST_BYTE_TIMEOUT,
+                    )
+                )
+            last = max(self.last_client, self.last_backend)
+            deadlines.append((last + timeouts.idle, Termination.IDLE_TIMEOUT))
+            if timeouts.client:
+                deadlines.append((self.last_client + timeouts.client, Termination.CLIENT_TIMEOUT))
+            if timeouts.server:
+                deadlines.append((self.last_backend + timeouts.server, Termination.SERVER_TIMEOUT))
+        return min(deadlines) if deadlines else None
+
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        deadline = self._deadline()
+        if deadline is not None:
+            self.timer = self.loop.call_at(deadline[0], self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        if deadline[0] <= self.loop.time():
+            if deadline[1] is Termination.BAD_PROXY_HEADER:
+                self.service.refusal(deadline[1], self.peer, "no complete PROXY header in time")
+            self.end(deadline[1])
         else:
-            self.idle_timer = None
-            self.end(Termination.IDLE_TIMEOUT)
+            self.timer = self.loop.call_at(deadline[0], self._on_timer)
+
+    # -- ending -----------------------------------------------------------------------------
 
     def end(self, reason: Termination | None = None) -> None:
         """Close both sides, flushing what was already accepted for writing."""
@@ -342,8 +507,8 @@ class Session(asyncio.Protocol):
         if self.finished or self.client_open or self.backend_open or self.connecting:
             return
         self.finished = True
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         backend = self.backend
         if backend is not None:
             self.service.release(backend)

@@ -7,17 +7,21 @@ finish), `stop` (end what is left).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import ipaddress
 import socket
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from balancer import algorithms
-from balancer.config import Address, ServiceConfig
+from balancer.config import Address, BackendConfig, ServiceConfig
 from balancer.health import Health
 from balancer.logs import AccessRecord, EventLog
 from balancer.pool import DOWN, ENABLED, UP, Backend, Pool
-from balancer.relay import Session, Termination
+from balancer.relay import QueueFull, Session, Termination
 from balancer.shared import SharedCursor, SharedState
 from balancer.stats import BackendStats
 
@@ -26,6 +30,26 @@ BACKLOG = 1024
 
 class StartupError(Exception):
     """A service cannot start; the message says which and why, in one line."""
+
+
+class Budget:
+    """How many connections the whole process may relay at once (HAProxy's global maxconn).
+
+    Each relayed connection holds two descriptors; past the budget, clients wait in the listen
+    backlog instead of being accepted into a process that cannot open their backend connection.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit  # 0: no limit
+        self.running = 0
+        self.services: list[Service] = []
+
+    def full(self) -> bool:
+        return bool(self.limit) and self.running >= self.limit
+
+    def freed(self) -> None:
+        for service in self.services:
+            service.admit_waiting()
 
 
 class PassiveHealth(Protocol):
@@ -51,11 +75,14 @@ class Service:
         health: HealthFactory | None = None,
         *,
         worker: bool = False,
+        budget: Budget | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.log = log
         self.worker = worker  # a worker process: relays only, the supervisor logs state
+        self.budget = budget or Budget()
+        self.budget.services.append(self)
         algorithm = algorithms.create(config.algorithm)
         self.pool = Pool(config.name, algorithm, panic=config.passive.panic)
         if not worker:
@@ -69,14 +96,25 @@ class Service:
         self.address = str(config.listen)
         self.bound: Address | None = None  # the port a supervisor reserved for its workers
         self.remote_open = 0  # open connections on worker processes, as last reported
+        self.per_client: dict[str, int] = {}  # open connections per client address
+        self.buckets: dict[str, tuple[float, float]] = {}  # client address: (tokens, when)
+        self.running = 0  # sessions past the max_connections gate
+        self.waiting: deque[Session] = deque()  # accepted, waiting for max_connections room
+        self.accept_paused = False
+        self.last_pause_log = 0.0
+        self.queue: deque[asyncio.Future[None]] = deque()  # waiting for a busy backend
+        self.refusals: Counter[str] = Counter()
+        self.refusal_log: dict[str, tuple[float, int]] = {}
+        self.on_recovery: Callable[[], None] | None = None  # set while accept() lacks resources
         self.shared: SharedState | None = None
         self.worker_index = 0
         self.uses_load = False
         self.accepted = 0
         self.stats = BackendStats()  # every connection of the service, with a backend or not
         # Discovered ports take traffic only once a check has found them listening.
-        for address, (weight, state) in self._wanted_backends(config).items():
-            self.pool.add(address, weight, health=state, quiet=True)
+        for address, (backend_config, state) in self._wanted_backends(config).items():
+            backend = self.pool.add(address, backend_config.weight, health=state, quiet=True)
+            self._configure(backend, backend_config)
 
     def _make_health(self) -> PassiveHealth:
         if self.health_factory is not None:
@@ -109,6 +147,25 @@ class Service:
         backend.active -= 1
         if self.shared is not None and backend.slot >= 0:
             self.shared.set_active(self.worker_index, backend.slot, backend.active)
+        if self.queue and backend.max_connections:
+            self._wake_queued()
+
+    def _room(self) -> bool:
+        limit = self.config.limits.max_connections
+        return (not limit or self.running < limit) and not self.budget.full()
+
+    def admit_waiting(self) -> None:
+        while self.waiting and self._room():
+            session = self.waiting.popleft()
+            if session.client_open:
+                self._run(session)
+        if self._room():
+            self._resume_accepting()
+
+    def _run(self, session: Session) -> None:
+        self.running += 1
+        self.budget.running += 1
+        session.start()
 
     def open_connections(self) -> int:
         return len(self.sessions) + self.remote_open
@@ -169,13 +226,14 @@ class Service:
         wanted = self._wanted_backends(config)
         for address in [a for a in self.pool.backends if a not in wanted]:
             self.pool.remove(address, "reload")
-        for address, (weight, health) in wanted.items():
+        for address, (backend_config, health) in wanted.items():
             backend = self.pool.backends.get(address)
             if backend is None:
-                backend = self.pool.add(address, weight, health=health, quiet=True)
+                backend = self.pool.add(address, backend_config.weight, health=health, quiet=True)
                 self.pool.announce_added(backend, "reload")
             else:
-                self.pool.set_weight(backend, weight)
+                self.pool.set_weight(backend, backend_config.weight)
+            self._configure(backend, backend_config)
         if (config.health_check, config.passive) != (old.health_check, old.passive):
             self.health.stop()
             self.health = self._make_health()
@@ -183,12 +241,17 @@ class Service:
         self.pool.rebuild()
 
     @staticmethod
-    def _wanted_backends(config: ServiceConfig) -> dict[Address, tuple[int, str]]:
-        wanted = {b.address: (b.weight, UP) for b in config.backends}
+    def _wanted_backends(config: ServiceConfig) -> dict[Address, tuple[BackendConfig, str]]:
+        wanted = {b.address: (b, UP) for b in config.backends}
         if config.discover is not None:
             for address in config.discover.addresses():
-                wanted.setdefault(address, (1, DOWN))
+                wanted.setdefault(address, (BackendConfig(address), DOWN))
         return wanted
+
+    @staticmethod
+    def _configure(backend: Backend, config: BackendConfig) -> None:
+        backend.max_connections = config.max_connections
+        backend.send_proxy = config.send_proxy
 
     def _state_changed(self, event: str, backend: Backend, message: str) -> None:
         self.log.event(
@@ -225,8 +288,148 @@ class Service:
             service=self.name,
         )
 
+    # -- admission: ACLs, per-client limits, max_connections ---------------------------------
+
+    def admit(self, session: Session) -> Termination | None:
+        """None if the client may go on, else why not (counted and logged here)."""
+        limits = self.config.limits
+        ip = session.client_ip
+        if limits.allow or limits.deny:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                address = None
+            allowed = address is not None and (
+                not limits.allow or any(address in net for net in limits.allow)
+            )
+            if address is not None and any(address in net for net in limits.deny):
+                allowed = False
+            if not allowed:
+                self.refusal(Termination.DENIED, session.peer, "address not allowed")
+                return Termination.DENIED
+        open_here = self.per_client.get(ip, 0)
+        if limits.client_max_connections and open_here >= limits.client_max_connections:
+            self.refusal(
+                Termination.CLIENT_LIMIT,
+                session.peer,
+                f"{limits.client_max_connections} connections already open",
+            )
+            return Termination.CLIENT_LIMIT
+        if limits.client_rate and not self._take_token(ip):
+            self.refusal(
+                Termination.RATE_LIMITED, session.peer, f"over {limits.client_rate:g} connections/s"
+            )
+            return Termination.RATE_LIMITED
+        self.per_client[ip] = self.per_client.get(ip, 0) + 1
+        return None
+
+    def _take_token(self, ip: str) -> bool:
+        """A token bucket per client address: `client_rate` per second, `client_burst` deep."""
+        limits = self.config.limits
+        now = time.monotonic()
+        tokens, last = self.buckets.get(ip, (float(limits.client_burst), now))
+        tokens = min(float(limits.client_burst), tokens + (now - last) * limits.client_rate)
+        if len(self.buckets) > 100_000:
+            self._prune_buckets(now)
+        if tokens < 1.0:
+            self.buckets[ip] = (tokens, now)
+            return False
+        self.buckets[ip] = (tokens - 1.0, now)
+        return True
+
+    def _prune_buckets(self, now: float) -> None:
+        limits = self.config.limits
+        refill = limits.client_burst / limits.client_rate
+        self.buckets = {ip: b for ip, b in self.buckets.items() if now - b[1] < refill}
+
+    def start_when_room(self, session: Session) -> None:
+        """Start the session now, or once another ends if max_connections is reached."""
+        if not self._room():
+            self.waiting.append(session)
+            self._pause_accepting()
+            return
+        self._run(session)
+        if not self._room():
+            self._pause_accepting()
+
+    def _pause_accepting(self) -> None:
+        """Leave new clients in the kernel's backlog rather than accept and starve them."""
+        if self.server is None or self.accept_paused:
+            return
+        self.accept_paused = True
+        loop = asyncio.get_running_loop()
+        for sock in self.server.sockets:
+            loop.remove_reader(sock.fileno())
+        self.server._serving = False  # type: ignore[attr-defined]
+        now = time.monotonic()
+        if now - self.last_pause_log >= 1.0:
+            self.last_pause_log = now
+            if self.budget.full():
+                what = f"the process's {self.budget.limit} connections (from its open-file limit)"
+            else:
+                what = f"max_connections {self.config.limits.max_connections}"
+            self.log.event(
+                "accept_paused",
+                f"{what} reached: new clients wait in the listen backlog",
+                service=self.name,
+            )
+
+    def _resume_accepting(self) -> None:
+        if not self.accept_paused or self.server is None or self.closing:
+            return
+        self.log.event("accept_resumed", "accepting new clients again", service=self.name)
+        self.accept_paused = False
+        self.server._start_serving()  # type: ignore[attr-defined]
+
+    def refusal(self, reason: Termination, peer: str, detail: str) -> None:
+        """Count a refusal and log it, at most one line per reason per second."""
+        self.refusals[reason] += 1
+        now = time.monotonic()
+        last, suppressed = self.refusal_log.get(reason, (0.0, 0))
+        if now - last < 1.0:
+            self.refusal_log[reason] = (last, suppressed + 1)
+            return
+        more = f" ({suppressed} more in the last second)" if suppressed else ""
+        self.refusal_log[reason] = (now, 0)
+        self.log.event("refused", f"{reason} {peer}: {detail}{more}", service=self.name)
+
+    async def wait_for_slot(self) -> None:
+        """Wait, in the bounded queue, for a busy backend to free a connection slot."""
+        limits = self.config.limits
+        if len(self.queue) >= limits.queue_size:
+            raise QueueFull
+        waiter = asyncio.get_running_loop().create_future()
+        self.queue.append(waiter)
+        try:
+            async with asyncio.timeout(limits.queue_timeout):
+                await waiter
+        finally:
+            if not waiter.done() or waiter in self.queue:
+                with contextlib.suppress(ValueError):
+                    self.queue.remove(waiter)
+
+    def _wake_queued(self) -> None:
+        while self.queue:
+            waiter = self.queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     def finished(self, session: Session, record: AccessRecord) -> None:
         self.sessions.discard(session)
+        if session.admitted:
+            ip = session.client_ip
+            count = self.per_client.get(ip, 0) - 1
+            if count > 0:
+                self.per_client[ip] = count
+            else:
+                self.per_client.pop(ip, None)
+        if session.running:
+            self.running -= 1
+            self.budget.running -= 1
+            self.budget.freed()
+        elif session in self.waiting:
+            self.waiting.remove(session)
         self.accepted += 1
         self.stats.record(record.connect_ms, record.duration_ms, record.termination)
         if session.backend is not None:

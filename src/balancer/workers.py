@@ -198,7 +198,7 @@ class WorkerLink:
 
 
 async def worker_main(fd: int, index: int) -> int:
-    from balancer.app import Balancer
+    from balancer.app import Balancer, install_exception_handler
     from balancer.logs import EventLog, route_python_logging
 
     sock = socket.socket(fileno=fd)
@@ -210,6 +210,7 @@ async def worker_main(fd: int, index: int) -> int:
     route_python_logging(log)
     balancer = Balancer(config, log, worker=index, health=lambda s: RemoteHealth(link, s.name))
     balancer.share(shared, services)
+    install_exception_handler(balancer)
     await balancer.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, balancer.request_stop, "SIGTERM", config.grace)
