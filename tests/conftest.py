@@ -61,7 +61,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class Process:
     """A child process whose output lines can be waited for."""
 
-    def __init__(self, args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        **popen: object,
+    ):
         self.args = args
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
@@ -73,6 +79,7 @@ class Process:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            **popen,  # type: ignore[call-overload]
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

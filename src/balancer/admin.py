@@ -94,6 +94,7 @@ def service_json(service: Service) -> dict[str, Any]:
         "active": service.open_connections(),
         "total": service.accepted + service.open_connections(),
         "panic": service.pool.panicking,
+        "refused": {str(k): v for k, v in service.refusals.items()},
     }
 
 
@@ -155,7 +156,14 @@ class _Collector:
         service_conns = CounterMetricFamily(
             "balancer_service_connections", "Client connections accepted.", labels=["service"]
         )
+        refused = CounterMetricFamily(
+            "balancer_refused_connections",
+            "Clients refused by ACLs, limits, queues or a bad PROXY header.",
+            labels=["service", "reason"],
+        )
         for service in self.balancer.services.values():
+            for reason, count in service.refusals.items():
+                refused.add_metric([service.name, str(reason)], count)
             opened = service.open_connections()
             service_active.add_metric([service.name], opened)
             service_conns.add_metric([service.name], service.accepted + opened)
@@ -181,8 +189,8 @@ class _Collector:
                 connect.add_metric(key, b.stats.connect.cumulative(), b.stats.connect.sum)
                 duration.add_metric(key, b.stats.duration.cumulative(), b.stats.duration.sum)
         yield from (
-            service_conns, service_active, conns, active, up, eligible, weight, received, sent,
-            failures, transitions, terminations, connect, duration,
+            service_conns, service_active, refused, conns, active, up, eligible, weight,
+            received, sent, failures, transitions, terminations, connect, duration,
         )  # fmt: skip
 
 

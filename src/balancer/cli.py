@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--mode", choices=("hello", "echo", "http"), default="hello")
     backend.add_argument("--delay", type=float, default=0.0, metavar="MS")
     backend.add_argument("--host", default="127.0.0.1")
+    backend.add_argument(
+        "--accept-proxy",
+        action="store_true",
+        help="expect a PROXY protocol header (v1 or v2) and print the client it names",
+    )
 
     client = commands.add_parser("client", help="generate load and report on it")
     client.add_argument(
@@ -277,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from balancer.demo.backend import serve
 
             try:
-                asyncio.run(serve(args.port, args.mode, args.delay, args.host))
+                asyncio.run(serve(args.port, args.mode, args.delay, args.host, args.accept_proxy))
             except OSError as exc:
                 print(
                     f"balancer backend: cannot listen on port {args.port}: {exc.strerror}",

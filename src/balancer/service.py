@@ -25,7 +25,7 @@ from balancer.relay import QueueFull, Session, Termination
 from balancer.shared import SharedCursor, SharedState
 from balancer.stats import BackendStats
 
-BACKLOG = 1024
+BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
 class StartupError(Exception):

@@ -19,6 +19,7 @@ import signal
 import socket
 import struct
 import sys
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,7 @@ def worker_figures(services: dict[str, Service]) -> dict[str, Any]:
                 "stats": _stats_wire(b.stats),
             }
         figures[name] = {
+            "refused": dict(service.refusals),
             "accepted": service.accepted,
             "open": len(service.sessions),
             "stats": _stats_wire(service.stats),
@@ -287,6 +289,7 @@ class Supervisor:
         self.service_index: dict[str, int] = {}
         self.reserved: dict[str, socket.socket] = {}
         self.retired: dict[str, dict[str, Totals]] = {}  # figures of workers that died
+        self.retired_refusals: dict[str, Counter[str]] = {}
         self.stopping = False
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -430,6 +433,7 @@ class Supervisor:
     def _retire(self, worker: Worker) -> None:
         """Keep a dead worker's cumulative figures in the totals."""
         for name, figures in worker.figures.items():
+            self.retired_refusals.setdefault(name, Counter()).update(figures.get("refused", {}))
             kept = self.retired.setdefault(name, {})
             kept.setdefault("", Totals()).add(figures)
             for key, backend in figures["backends"].items():
@@ -454,6 +458,9 @@ class Supervisor:
                 for key, backend in figures["backends"].items():
                     totals.setdefault(key, Totals()).add(backend)
             service.remote_open = opened
+            service.refusals = Counter(self.retired_refusals.get(name, {}))
+            for worker in self.workers:
+                service.refusals.update(worker.figures.get(name, {}).get("refused", {}))
             whole = totals.get("", Totals())
             service.accepted = whole.total - opened
             service.stats = whole.stats

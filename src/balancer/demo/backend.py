@@ -6,22 +6,57 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from http import HTTPStatus
 
 import h11
+
+from balancer import proxy_protocol
 
 MODES = ("hello", "echo", "http")
 
 
 class _Base(asyncio.Protocol):
+    accept_proxy = False  # expect a PROXY protocol header first, and report the client in it
+
     def __init__(self, port: int, delay: float) -> None:
         self.port = port
         self.delay = delay
         self.transport: asyncio.Transport | None = None
         self.greeting = f"Hello from Server {port}!".encode()
+        self.header = b""
+        self.client = "-"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
+        if self.accept_proxy:
+            self.data_received = self._proxy_header  # type: ignore[method-assign]
+
+    def _proxy_header(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.header += data
+        try:
+            parsed = proxy_protocol.parse(self.header)
+        except proxy_protocol.ProxyProtocolError as exc:
+            print(f"Server {self.port}: bad PROXY header from {self.client}: {exc}", flush=True)
+            self.transport.abort()
+            return
+        if parsed is None:
+            return
+        header, length = parsed
+        if header.source is not None:
+            via = self.client
+            self.client = f"{header.source[0]}:{header.source[1]}"
+            print(
+                f"Server {self.port}: connection from {self.client} (PROXY v{header.version}, "
+                f"via {via})",
+                flush=True,
+            )
+        del self.data_received  # back to the class's own method
+        if len(self.header) > length:
+            self.data_received(self.header[length:])
 
     def pause_writing(self) -> None:
         assert self.transport is not None
@@ -139,11 +174,13 @@ class Http(_Base):
             ("Content-Type", "text/plain"),
             ("Content-Length", str(len(body))),
             ("Server", f"balancer-demo/{self.port}"),
+            ("X-Client", self.client),
         ]
         if close:
             headers.append(("Connection", "close"))
         try:
-            data = self.conn.send(h11.Response(status_code=status, headers=headers))
+            reason = HTTPStatus(status).phrase.encode()
+            data = self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
             data = (data or b"") + (self.conn.send(h11.Data(data=body)) or b"")
             data += self.conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
@@ -158,10 +195,14 @@ PROTOCOLS: dict[str, type[_Base]] = {"hello": Hello, "echo": Echo, "http": Http}
 
 
 async def serve(
-    port: int, mode: str = "hello", delay_ms: float = 0.0, host: str = "127.0.0.1"
+    port: int,
+    mode: str = "hello",
+    delay_ms: float = 0.0,
+    host: str = "127.0.0.1",
+    accept_proxy: bool = False,
 ) -> None:
     loop = asyncio.get_running_loop()
-    factory = PROTOCOLS[mode]
+    factory = type(mode.title(), (PROTOCOLS[mode],), {"accept_proxy": accept_proxy})
     bound_port = [port]  # with port 0 the greeting names the port the OS gave
     server = await loop.create_server(
         lambda: factory(bound_port[0], delay_ms / 1000.0),

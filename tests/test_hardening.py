@@ -1,0 +1,380 @@
+"""Hostile clients, exhausted resources, limits, ACLs and the PROXY protocol, end to end."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import selectors
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+from conftest import (
+    Cluster,
+    Process,
+    balancer_cmd,
+    exchange,
+    free_port,
+    read_log,
+    served_by,
+    wait_for_log,
+    wait_until,
+)
+from test_admin import call
+from test_relay import MIB, echo_transfer
+
+
+def config(cluster: Cluster, services: str, admin: int | None = None) -> Path:
+    path = cluster.tmp / "lb.toml"
+    admin_table = f'[admin]\nlisten = "127.0.0.1:{admin}"\n' if admin else ""
+    path.write_text(f'{admin_table}[log]\nfile = "{cluster.tmp / "lb.log"}"\n{services}')
+    return path
+
+
+def service(name: str, port: int, backends: list[int] | str, extra: str = "") -> str:
+    addresses = (
+        backends
+        if isinstance(backends, str)
+        else ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in backends)
+    )
+    return (
+        f'[[services]]\nname = "{name}"\nlisten = "127.0.0.1:{port}"\n'
+        f"backends = [{addresses}]\n{extra}\n"
+    )
+
+
+def attempt(port: int, message: bytes) -> bytes:
+    """An echo exchange; a refusal (EOF or reset before any answer) gives b""."""
+    try:
+        return exchange(port, message, half_close=True)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_descriptor_exhaustion_pauses_without_spinning(cluster: Cluster) -> None:
+    backend = cluster.backend("echo")
+    port = free_port()
+    log = cluster.tmp / "lb.log"
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    proc = Process(
+        balancer_cmd(
+            "run", "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{backend}",
+            "--log-file", str(log),
+        ),
+        preexec_fn=low_limit,
+    )  # fmt: skip
+    cluster.processes.append(proc)
+    proc.expect("listening on")
+    idle = []
+    try:
+        for _ in range(400):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            idle.append(s)
+        wait_for_log(log, r"open-file limit 256 .*at most 96 relayed connections")
+        wait_for_log(log, r"accept_paused .*(too many open files|connections \(from its open-file)")
+        before = cpu_seconds(proc.proc.pid)
+        began = time.monotonic()
+        time.sleep(2.0)  # a window to measure CPU use in, not a wait for an event
+        used = cpu_seconds(proc.proc.pid) - before
+        assert proc.proc.poll() is None, "the balancer died"
+        assert used < 0.5 * (time.monotonic() - began), f"{used:.2f}s of CPU: spinning"
+    finally:
+        for s in idle:
+            s.close()
+    # Descriptors free again: served at once.
+    assert exchange(port, b"back", half_close=True) == b"back"
+    assert "Traceback" not in read_log(log) + proc.text
+
+
+def test_slow_client_flood_is_closed_by_first_byte_timeout(cluster: Cluster) -> None:
+    backend = cluster.backend()
+    port = free_port()
+    admin = free_port()
+    timeouts = '[services.timeouts]\nclient_first_byte = "5s"'
+    path = config(cluster, service("web", port, [backend], timeouts), admin)
+    cluster.balancer("--config", str(path))
+    idle = []
+    try:
+        for _ in range(5000):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            idle.append(s)
+        wait_until(
+            lambda: call(admin, "GET", "/api/services")[1][0]["active"] >= 4900,
+            what="the idle clients accepted",
+        )
+        # Other clients are served meanwhile, without waiting behind the idle ones (the
+        # bound is a sanity check, far above the few milliseconds they take).
+        for _ in range(20):
+            began = time.monotonic()
+            assert served_by(exchange(port)) == backend
+            assert time.monotonic() - began < 1.0
+        # Every idle client is closed by the balancer (EOF), none left hanging.
+        closed = 0
+        deadline = time.monotonic() + 30
+        with selectors.DefaultSelector() as waiting:
+            for s in idle:
+                waiting.register(s, selectors.EVENT_READ)
+            while closed < len(idle) and time.monotonic() < deadline:
+                for key, _ in waiting.select(timeout=1.0):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        data = sock.recv(100)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        waiting.unregister(sock)
+                        closed += 1
+        assert closed == 5000, f"{5000 - closed} idle clients still open"
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(
+        lambda: read_log(cluster.tmp / "lb.log").count("termination=first_byte_timeout") == 5000,
+        what="5000 first_byte_timeout access lines",
+    )
+
+
+class ScriptedBackend:
+    """A backend that misbehaves on purpose, one behaviour per connection's first byte."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            command = conn.recv(1)
+            if command == b"R":  # send a little, then reset mid-stream
+                conn.sendall(b"x" * 10000)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif command == b"H":  # answer, half-close early, keep reading what the client sends
+                conn.sendall(b"early")
+                conn.shutdown(socket.SHUT_WR)
+                total = 0
+                while chunk := conn.recv(65536):
+                    total += len(chunk)
+            elif command == b"G":  # send 1 GB, then close
+                block = b"g" * (1 << 20)
+                for _ in range(1024):
+                    conn.sendall(block)
+            elif command == b"W":  # wait for the client to vanish
+                conn.recv(1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_misbehaving_peers_end_with_the_right_reason(cluster: Cluster) -> None:
+    scripted = ScriptedBackend()
+    echo = cluster.backend("echo")
+    bad_port, echo_port = free_port(), free_port()
+    path = config(
+        cluster,
+        service("bad", bad_port, [scripted.port], "[services.health_check]\nenabled = false")
+        + service("echo", echo_port, [echo]),
+    )
+    cluster.balancer("--config", str(path))
+    log = cluster.tmp / "lb.log"
+    results: dict[str, object] = {}
+
+    def transfer() -> None:
+        results["echo"] = echo_transfer(echo_port, 16 * MIB, 7)
+
+    parallel = threading.Thread(target=transfer)
+    parallel.start()
+    try:
+        with socket.create_connection(("127.0.0.1", bad_port), timeout=30) as s:
+            s.sendall(b"R")
+            got = 0
+            try:
+                while chunk := s.recv(65536):
+                    got += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert got <= 10000
+        wait_for_log(log, r"service=bad .*bytes_in=1 .*termination=backend_reset")
+
+        with socket.create_connection(("127.0.0.1", bad_port), timeout=30) as s:
+            s.sendall(b"H")
+            assert s.recv(100) == b"early"
+            assert s.recv(100) == b""  # the backend's half-close, forwarded
+            s.sendall(b"more after the backend's EOF")  # our direction still flows
+            s.shutdown(socket.SHUT_WR)
+        wait_for_log(log, r"service=bad .*bytes_in=29 bytes_out=5 .*termination=backend_closed")
+
+        with socket.create_connection(("127.0.0.1", bad_port), timeout=60) as s:
+            s.sendall(b"G")
+            got = 0
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+            assert got == 1 << 30
+        wait_for_log(log, rf"service=bad .*bytes_out={1 << 30} .*termination=backend_closed")
+
+        s = socket.create_connection(("127.0.0.1", bad_port), timeout=30)
+        s.sendall(b"W")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # the client vanishes with a reset
+        wait_for_log(log, r"service=bad .*termination=client_reset")
+    finally:
+        parallel.join(timeout=120)
+        scripted.close()
+    sent, got = results["echo"]  # type: ignore[misc]
+    assert sent == got
+
+
+def test_acl_and_per_client_limits(cluster: Cluster) -> None:
+    backend = cluster.backend("echo")
+    denied, limited, rated = free_port(), free_port(), free_port()
+    admin = free_port()
+    path = config(
+        cluster,
+        service("denied", denied, [backend], 'allow = ["10.0.0.0/8"]')
+        + service("limited", limited, [backend], "client_max_connections = 2")
+        + service("rated", rated, [backend], "client_rate = 5\nclient_burst = 5"),
+        admin,
+    )
+    cluster.balancer("--config", str(path))
+    log = cluster.tmp / "lb.log"
+
+    assert attempt(denied, b"x") == b""
+    wait_for_log(
+        log, r"event refused service=denied .*denied 127\.0\.0\.1:\d+: address not allowed"
+    )
+
+    held = [socket.create_connection(("127.0.0.1", limited), timeout=10) for _ in range(2)]
+    try:
+        for s in held:
+            s.sendall(b"a")
+            assert s.recv(10) == b"a"
+        assert attempt(limited, b"x") == b""  # the third is refused
+        wait_for_log(log, r"refused service=limited .*client_limit .*2 connections already open")
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: attempt(limited, b"y") == b"y", what="room again")
+
+    answers = [attempt(rated, b"r") for _ in range(10)]
+    assert answers.count(b"r") in (5, 6)  # the bucket may refill one token meanwhile
+    wait_for_log(log, r"refused service=rated .*rate_limited .*over 5 connections/s")
+
+    _, text = call(admin, "GET", "/metrics")
+    refused = dict(
+        re.findall(r'balancer_refused_connections_total\{reason="(\w+)",service="(\w+)"\}', text)
+    )
+    assert refused == {"denied": "denied", "client_limit": "limited", "rate_limited": "rated"}
+    stats = call(admin, "GET", "/api/services")[1]
+    assert {s["name"]: s["refused"] for s in stats}["rated"]["rate_limited"] >= 4
+
+
+def test_max_connections_and_backend_queue(cluster: Cluster) -> None:
+    echo = cluster.backend("echo")
+    capped, queued = free_port(), free_port()
+    path = config(
+        cluster,
+        service("capped", capped, [echo], "max_connections = 2")
+        + service(
+            "queued",
+            queued,
+            f'{{ address = "127.0.0.1:{echo}", max_connections = 1 }}',
+            'queue_timeout = "1s"',
+        ),
+    )
+    cluster.balancer("--config", str(path))
+    log = cluster.tmp / "lb.log"
+
+    first = [socket.create_connection(("127.0.0.1", capped), timeout=10) for _ in range(2)]
+    for s in first:
+        s.sendall(b"1")
+        assert s.recv(10) == b"1"
+    third = socket.create_connection(("127.0.0.1", capped), timeout=10)  # in the backlog
+    third.sendall(b"3")
+    wait_for_log(log, r"accept_paused service=capped .*max_connections 2 reached")
+    third.settimeout(0.3)
+    try:
+        third.recv(10)
+        raise AssertionError("the third client was served past max_connections")
+    except TimeoutError:
+        pass
+    first[0].close()
+    third.settimeout(10)
+    assert third.recv(10) == b"3"  # served once a slot freed
+    for s in (first[1], third):
+        s.close()
+
+    holder = socket.create_connection(("127.0.0.1", queued), timeout=10)
+    holder.sendall(b"h")
+    assert holder.recv(10) == b"h"
+    began = time.monotonic()
+    assert attempt(queued, b"q") == b""  # waited in the queue, timed out
+    assert time.monotonic() - began >= 0.9
+    wait_for_log(log, r"service=queued .*termination=queue_timeout")
+    waiting = socket.create_connection(("127.0.0.1", queued), timeout=10)
+    waiting.sendall(b"w")
+    holder.close()  # frees the backend's one slot: the queued client goes through
+    assert waiting.recv(10) == b"w"
+    waiting.close()
+
+
+def test_proxy_protocol_through_two_balancers(cluster: Cluster) -> None:
+    backend_port = free_port()
+    backend = Process(
+        balancer_cmd("backend", str(backend_port), "--mode", "http", "--accept-proxy")
+    )
+    cluster.processes.append(backend)
+    backend.expect("listening")
+    inner, outer = free_port(), free_port()
+    path = config(
+        cluster,
+        service("inner", inner, [backend_port], 'accept_proxy = true\nsend_proxy = "v2"')
+        + service("outer", outer, [inner], 'send_proxy = "v1"'),
+    )
+    cluster.balancer("--config", str(path))
+    with socket.create_connection(("127.0.0.1", outer), timeout=10) as s:
+        client = f"127.0.0.1:{s.getsockname()[1]}"
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    assert f"X-Client: {client}".encode() in answer.replace(b"x-client", b"X-Client")
+    backend.expect(rf"connection from {re.escape(client)} \(PROXY v2")
+    wait_for_log(cluster.tmp / "lb.log", rf"service=inner client={re.escape(client)} ")
+
+    # A malformed header closes that connection only, with a logged reason.
+    with socket.create_connection(("127.0.0.1", inner), timeout=10) as s:
+        s.sendall(b"PROXY TCP4 1.2.3.4 nonsense\r\n")
+        assert s.recv(10) == b""
+    wait_for_log(
+        cluster.tmp / "lb.log",
+        r"refused service=inner .*bad_proxy_header .*v1 header needs 6 fields",
+    )
+    with socket.create_connection(("127.0.0.1", outer), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"200 OK" in s.recv(4096)
