@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import Cluster, balancer_cmd, exchange, free_port, served_by
+from conftest import Cluster, Process, balancer_cmd, exchange, free_port, served_by
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -146,3 +147,27 @@ def test_unreachable_backends_do_not_stop_startup(cluster: Cluster) -> None:
     assert exchange(port) == b""
     live = cluster.backend()
     assert live != dead
+
+
+def test_demo_starts_backends_balancer_and_dashboard(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    backends = [free_port() for _ in range(3)]
+    demo = Process(
+        balancer_cmd(
+            "demo", "--port", str(port), "--admin-port", str(admin),
+            "--backend-ports", *map(str, backends),
+        ),
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        demo.expect(rf"balancer +http://127\.0\.0\.1:{port}")
+        demo.expect(rf"dashboard +http://127\.0\.0\.1:{admin}/")
+        request = b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n"
+        answers = {served_by(exchange(port, request)) for _ in range(6)}
+        assert answers == set(backends)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/", timeout=10) as page:
+            assert b"balancer" in page.read()
+    finally:
+        demo.stop()
+    assert demo.proc.returncode == 0
+    assert (tmp_path / "load_balancer.log").exists()

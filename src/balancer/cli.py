@@ -193,9 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser("demo", help="start three demo backends and a balancer")
+    port = _flag_type(lambda t: parse_address(f"127.0.0.1:{t}").port)
+    demo.add_argument("--port", type=port, default=8000, help="the balancer's port")
     demo.add_argument(
-        "--port", type=_flag_type(lambda t: parse_address(f"127.0.0.1:{t}").port), default=8000
+        "--backend-ports", type=port, nargs=3, default=[9001, 9002, 9003], metavar="PORT"
     )
+    demo.add_argument("--admin-port", type=port, default=8404, metavar="PORT")
     return parser
 
 
@@ -298,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from balancer.demo.run import main as demo
 
-            return demo(args.port)
+            return demo(args.port, tuple(args.backend_ports), admin=args.admin_port)
         if args.command == "client":
             from balancer.demo import client
 
