@@ -397,7 +397,6 @@ class Supervisor:
                 if service is None or backend is None:
                     continue
                 if kind == "failure":
-                    backend.failures -= 1  # the health object counts it again
                     service.health.passive_failure(backend, message[3], refused=message[4])
                 else:
                     service.health.passive_success(backend)
