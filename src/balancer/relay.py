@@ -83,6 +83,46 @@ def _show(endpoint: tuple[str, int]) -> str:
 class Session(asyncio.Protocol):
     """One client connection and its backend connection; this object is the client side."""
 
+    __slots__ = (
+        "admitted",
+        "attempts",
+        "awaiting_first_byte",
+        "backend",
+        "backend_eof",
+        "backend_open",
+        "bytes_in",
+        "bytes_out",
+        "candidates",
+        "client",
+        "client_eof",
+        "client_ip",
+        "client_open",
+        "connect_ms",
+        "connecting",
+        "connector",
+        "destination",
+        "finished",
+        "header_buffer",
+        "last_backend",
+        "last_client",
+        "loop",
+        "peer",
+        "preface",
+        "reading_header",
+        "refusing",
+        "relaying_since",
+        "replay",
+        "replay_size",
+        "running",
+        "service",
+        "source",
+        "started",
+        "termination",
+        "timer",
+        "up_transport",
+        "upstream",
+    )
+
     def __init__(self, service: Service) -> None:
         self.service = service
         self.loop = asyncio.get_running_loop()
@@ -532,6 +572,8 @@ class Session(asyncio.Protocol):
 
 class Upstream(asyncio.Protocol):
     """The backend side of a session."""
+
+    __slots__ = ("backend", "session")
 
     def __init__(self, session: Session, backend: Backend) -> None:
         self.session = session
