@@ -199,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend-ports", type=port, nargs=3, default=[9001, 9002, 9003], metavar="PORT"
     )
     demo.add_argument("--admin-port", type=port, default=8404, metavar="PORT")
+
+    bench = commands.add_parser(
+        "bench", help="benchmark against HAProxy, nginx stream and direct, on 127.0.0.1"
+    )
+    from balancer.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     return parser
 
 
@@ -302,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from balancer.demo.run import main as demo
 
             return demo(args.port, tuple(args.backend_ports), admin=args.admin_port)
+        if args.command == "bench":
+            from balancer.bench import run as bench
+
+            return bench(args)
         if args.command == "client":
             from balancer.demo import client
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from balancer import proxy_protocol
 from balancer.logs import AccessRecord
@@ -84,6 +85,7 @@ class Session(asyncio.Protocol):
     """One client connection and its backend connection; this object is the client side."""
 
     __slots__ = (
+        "accepted_at",
         "admitted",
         "attempts",
         "awaiting_first_byte",
@@ -137,6 +139,7 @@ class Session(asyncio.Protocol):
         self.source: tuple[str, int] | None = None  # the client, or what a PROXY header says
         self.destination: tuple[str, int] | None = None
         self.started = 0.0
+        self.accepted_at = 0.0
         self.connect_ms = -1.0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -165,10 +168,11 @@ class Session(asyncio.Protocol):
     # -- client side ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         self.client = transport
         self.client_open = True
-        self.started = self.last_client = self.last_backend = self.loop.time()
+        self.last_client = self.last_backend = self.accepted_at = self.loop.time()
+        self.started = time.monotonic()  # (uvloop's loop.time() has millisecond steps)
         self.source = _endpoint(transport.get_extra_info("peername"))
         self.destination = _endpoint(transport.get_extra_info("sockname"))
         if self.source is not None:
@@ -215,6 +219,12 @@ class Session(asyncio.Protocol):
         transport = self.up_transport
         if transport is not None:
             transport.write(data)
+        elif not self.refusing:
+            # No backend yet: keep it for the one that comes. (uvloop may deliver data before
+            # the pause asked for in connection_made takes effect.)
+            self.preface += data
+            assert self.client is not None
+            self.client.pause_reading()
         # else: refused, and reading the client's input only to drop it before closing
 
     def _header_data(self, data: bytes) -> None:
@@ -344,7 +354,7 @@ class Session(asyncio.Protocol):
                 continue
             self.attempts += 1
             service.acquire(backend)
-            begin = self.loop.time()
+            begin = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
                     await self.loop.create_connection(
@@ -366,7 +376,7 @@ class Session(asyncio.Protocol):
             except asyncio.CancelledError:
                 service.release(backend)
                 raise
-            self.connect_ms = (self.loop.time() - begin) * 1000.0
+            self.connect_ms = (time.monotonic() - begin) * 1000.0
             return "connected"
         if full and self.attempts < attempts:
             return "full"
@@ -494,7 +504,7 @@ class Session(asyncio.Protocol):
         deadlines = []
         if self.reading_header:
             wait = timeouts.client_first_byte or timeouts.connect
-            deadlines.append((self.started + wait, Termination.BAD_PROXY_HEADER))
+            deadlines.append((self.accepted_at + wait, Termination.BAD_PROXY_HEADER))
         elif self.upstream is not None:
             if self.awaiting_first_byte and timeouts.client_first_byte:
                 deadlines.append(
@@ -561,7 +571,7 @@ class Session(asyncio.Protocol):
                 client=self.peer,
                 backend=backend.key if backend is not None else "-",
                 connect_ms=self.connect_ms,
-                duration_ms=(self.loop.time() - self.started) * 1000.0,
+                duration_ms=(time.monotonic() - self.started) * 1000.0,
                 bytes_in=self.bytes_in,
                 bytes_out=self.bytes_out,
                 retries=max(self.attempts - 1, 0),
@@ -580,8 +590,7 @@ class Upstream(asyncio.Protocol):
         self.backend = backend
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.session.upstream_made(self, transport)
+        self.session.upstream_made(self, cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         self.session.upstream_data(data)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from http import HTTPStatus
+from typing import cast
 
 import h11
 
@@ -27,8 +28,7 @@ class _Base(asyncio.Protocol):
         self.client = "-"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
         if self.accept_proxy:
