@@ -24,5 +24,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# Benchmark against HAProxy and nginx stream on 127.0.0.1 (a few minutes; see balancer bench -h).
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/balancer bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

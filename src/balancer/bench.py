@@ -771,6 +771,10 @@ class Bench:
                     f"the nginx backends did not start: {why}\n{self.children.output('backend')}"
                 )
         log(f"nginx backends on {HOST}:{self.backend_ports[0]} and {HOST}:{self.backend_ports[1]}")
+        try:  # the first read of the big file fills the page cache: keep it out of the runs
+            download(self.backend_ports[0], "/big", self.params.big_size)
+        except OSError as exc:
+            raise BenchError(f"the nginx backends cannot serve the big file: {exc}") from None
         starters: dict[str, Callable[[int], subprocess.Popen[bytes] | None]] = {
             "direct": lambda port: None,
             "haproxy": self._start_haproxy,
@@ -868,9 +872,11 @@ class Bench:
 
     def measure(self, run: int, workload: str, target: Target) -> None:
         if not target.alive():
-            note = f"{target.name} exited with status {target.proc and target.proc.returncode}"
+            target.status = f"exited with status {target.proc and target.proc.returncode}"
+            note = f"{target.name} {target.status}: no further measurements"
             if note not in self.results.notes:
                 self.results.notes.append(note)
+                log(note)
             return
         sample: dict[str, Any] = {"run": run, "workload": workload, "target": target.name}
         values: dict[str, float | None] = {}
@@ -964,6 +970,13 @@ class Bench:
             self.results.notes.append(
                 f"{target.name} memory: held {len(held):,} of {count:,} idle connections"
             )
+        processes = len(process_tree(pid))
+        entry["processes"] = processes
+        if processes > 1:
+            self.results.notes.append(
+                f"{target.name} memory: RSS summed over {processes} processes "
+                "(pages they share are counted once per process)"
+            )
         per = entry["rss_per_connection_kib"]
         log(
             f"memory    {target.name:<8} {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB with "
@@ -1036,8 +1049,7 @@ def render(
         f"- runs: {params.runs}, interleaved; {params.duration}s per wrk run; medians shown"
         + ("; quick mode" if params.quick else ""),
         "- backends: one nginx (worker_processes 1) on two ports; direct = wrk straight to one",
-        "- peers: HAProxy (mode tcp, nbthread 1), nginx stream (worker_processes 1), "
-        f"`{balancer}`",
+        f"- peers: HAProxy (mode tcp, nbthread 1), nginx stream (worker_processes 1), `{balancer}`",
         f"- memory: {params.idle_connections:,} idle relayed connections, once per target after "
         f"the timed runs; open-file limit {meta['nofile']}",
         "",
@@ -1085,9 +1097,7 @@ def to_json(
         "skipped": skipped,
         "samples": results.samples,
         "memory": results.memory,
-        "medians": {
-            t: {m.key: results.median(t, m.key) for m in metrics(params)} for t in TARGETS
-        },
+        "medians": {t: {m.key: results.median(t, m.key) for m in metrics(params)} for t in TARGETS},
         "ratios": ratios(results, params),
         "notes": results.notes,
     }
@@ -1112,8 +1122,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (and SIGHUP) unwind like Ctrl-C, so the finally blocks stop the children."""
+    """SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so the finally blocks stop the children
+    (SIGINT too even where it was inherited ignored, as by a shell's background job)."""
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
@@ -1122,6 +1134,19 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def bench(params: Params, out: IO[str] = sys.stdout) -> int:
+    """Run the whole benchmark; write the report to `out`; return the exit status."""
+    with _sigterm_interrupts():
+        try:
+            return _bench(params, out)
+        except BenchError as exc:
+            print(f"balancer bench: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("balancer bench: interrupted; stopped every process it started", file=sys.stderr)
+            return 130
+
+
+def _bench(params: Params, out: IO[str]) -> int:
     started = time.monotonic()
     nofile = raise_nofile()
     needed = 2 * params.idle_connections + 200
@@ -1133,8 +1158,7 @@ def bench(params: Params, out: IO[str] = sys.stdout) -> int:
     tools = find_or_install_tools(params.install)
     for tool in ("nginx", "wrk"):
         if getattr(tools, tool) is None:
-            print(f"balancer bench: {tools.problems[tool]}; cannot benchmark", file=sys.stderr)
-            return 1
+            raise BenchError(f"{tools.problems[tool]}; cannot benchmark without it")
     meta: dict[str, Any] = {
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
@@ -1146,31 +1170,24 @@ def bench(params: Params, out: IO[str] = sys.stdout) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="balancer-bench-"))
     children = Children(tmp)
     try:
-        with _sigterm_interrupts():
-            runner = Bench(params, tools, tmp, children)
-            try:
-                runner.start()
-                runner.run()
-            finally:
-                children.stop_all()
-            meta["elapsed_s"] = round(time.monotonic() - started, 1)
-            meta["targets"] = {
-                name: {"port": t.port, "status": t.status} for name, t in runner.targets.items()
-            }
-            out.write(render(runner.results, params, meta, runner.skipped))
-            out.flush()
-            if params.json_path:
-                data = to_json(runner.results, params, meta, runner.skipped)
-                Path(params.json_path).write_text(json.dumps(data, indent=2) + "\n")
-            elapsed = time.monotonic() - started
-            log(f"finished in {int(elapsed // 60)}m{elapsed % 60:04.1f}s")
-            return 0
-    except BenchError as exc:
-        print(f"balancer bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("balancer bench: interrupted; stopped every process it started", file=sys.stderr)
-        return 130
+        runner = Bench(params, tools, tmp, children)
+        try:
+            runner.start()
+            runner.run()
+        finally:
+            children.stop_all()
+        meta["elapsed_s"] = round(time.monotonic() - started, 1)
+        meta["targets"] = {
+            name: {"port": t.port, "status": t.status} for name, t in runner.targets.items()
+        }
+        out.write(render(runner.results, params, meta, runner.skipped))
+        out.flush()
+        if params.json_path:
+            data = to_json(runner.results, params, meta, runner.skipped)
+            Path(params.json_path).write_text(json.dumps(data, indent=2) + "\n")
+        elapsed = time.monotonic() - started
+        log(f"finished in {int(elapsed // 60)}m{elapsed % 60:04.1f}s")
+        return 0
     finally:
         children.stop_all()
         if params.keep:

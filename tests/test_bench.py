@@ -1,0 +1,142 @@
+"""`balancer bench`: the report's format, and one real quick run against nginx and HAProxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import balancer_cmd, require_tool
+
+from balancer.bench import STREAM_MODULE, Params, Results, metrics, parse_wrk, render
+
+WRK_OUTPUT = """\
+Running 5s test @ http://127.0.0.1:40000/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   680.12us  120.50us   5.10ms   90.00%
+    Req/Sec    73.50k     2.10k   76.00k    80.00%
+  Latency Distribution
+     50%  650.00us
+     75%    0.90ms
+     90%    1.20ms
+     99%    2.50ms
+  365432 requests in 5.00s, 55.10MB read
+  Socket errors: connect 0, read 12, write 0, timeout 0
+  Non-2xx or 3xx responses: 3
+Requests/sec:  73086.40
+Transfer/sec:     11.02MB
+"""
+
+ROW_KEYS = (
+    "keep-alive relay",
+    "new connections",
+    "bulk download",
+    "latency p50",
+    "latency p99",
+    "CPU per request",
+    "RSS before idle connections",
+    "RSS with",
+    "RSS per idle connection",
+)
+
+
+def test_parse_wrk() -> None:
+    parsed = parse_wrk(WRK_OUTPUT)
+    assert parsed["requests_per_s"] == 73086.40
+    assert parsed["requests"] == 365432
+    assert parsed["seconds"] == 5.0
+    assert parsed["latency_ms"] == {"50": 0.65, "75": 0.9, "90": 1.2, "99": 2.5}
+    assert parsed["socket_errors"] == {"connect": 0, "read": 12, "write": 0, "timeout": 0}
+    assert parsed["non_2xx"] == 3
+
+
+def test_report_format_is_stable() -> None:
+    params = Params()
+    results = Results()
+    results.samples = [
+        {
+            "run": 1,
+            "workload": "keepalive",
+            "target": target,
+            "metrics": {"keepalive_rps": rps, "cpu_us_per_request": cpu},
+        }
+        for target, rps, cpu in (
+            ("direct", 40000.0, None),
+            ("haproxy", 20000.0, 20.0),
+            ("nginx", 10000.0, 30.0),
+            ("balancer", 10000.0, 40.0),
+        )
+    ]
+    meta = {"cpus": 2, "kernel": "6.1", "python": "3.11.2", "versions": {}, "nofile": 20000}
+    text = render(results, params, meta, {})
+    lines = text.splitlines()
+    assert lines[0] == "## balancer bench"
+    assert "| workload | unit | better | direct | haproxy | nginx | balancer |" in lines
+    assert (
+        "| keep-alive relay (wrk -t1 -c50) | requests/s | higher | 40,000 | 20,000 | 10,000 "
+        "| 10,000 |" in lines
+    )
+    assert "| CPU per request (keep-alive run) | us | lower | - | 20.0 | 30.0 | 40.0 |" in lines
+    assert (
+        "| workload | haproxy / direct | nginx / direct | balancer / direct | nginx / haproxy "
+        "| balancer / haproxy |" in lines
+    )
+    assert "| keep-alive relay (wrk -t1 -c50) | 0.50 | 0.25 | 0.25 | 0.50 | 0.50 |" in lines
+    assert "| RSS with 8,000 idle connections | MiB | lower | - | - | - | - |" in lines
+    assert len(metrics(params)) == len(ROW_KEYS)
+
+
+def _stream_module_or_skip(nginx: str) -> None:
+    built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr + " "
+    if "--with-stream " in built or STREAM_MODULE.exists():
+        return
+    message = "nginx's stream module is missing (Debian package libnginx-mod-stream)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.mark.timeout(90)
+def test_quick_bench_reports_every_workload(tmp_path: Path) -> None:
+    nginx = require_tool("nginx")
+    require_tool("haproxy")
+    require_tool("wrk")
+    _stream_module_or_skip(nginx)
+    raw = tmp_path / "bench.json"
+    args = ("bench", "--runs", "1", "--duration", "1s", "--quick", "--no-install")
+    done = subprocess.run(
+        balancer_cmd(*args, "--json", str(raw)), capture_output=True, text=True, timeout=80
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "skipped" not in done.stdout, done.stdout
+
+    rows = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("| ") and "| better |" not in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 7:  # the medians table: workload, unit, better, four targets
+                rows[cells[0]] = cells
+    for key in ROW_KEYS:
+        matching = [label for label in rows if label.startswith(key)]
+        assert len(matching) == 1, f"no row for {key!r} in\n{done.stdout}"
+        balancer = rows[matching[0]][6]
+        assert re.fullmatch(r"[\d,]+(\.\d+)?", balancer), f"{matching[0]}: {balancer!r}"
+    assert re.search(r"\| balancer / haproxy \|", done.stdout)
+
+    data = json.loads(raw.read_text())
+    medians = data["medians"]
+    for target in ("direct", "haproxy", "nginx", "balancer"):
+        assert medians[target]["keepalive_rps"] > 0, target
+        assert medians[target]["close_rps"] > 0, target
+        assert medians[target]["bulk_mbps"] > 0, target
+    assert data["memory"]["balancer"]["held"] == data["params"]["idle_connections"]
+    assert medians["balancer"]["cpu_us_per_request"] > 0
+    # Every process it started is gone: nothing listens on the ports it used.
+    for target in data["meta"]["targets"].values():
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", target["port"]), timeout=1).close()
