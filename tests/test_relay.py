@@ -10,7 +10,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import Cluster, exchange, served_by, wait_for_log
+from conftest import Cluster, exchange, read_log, served_by, wait_for_log, wait_until
 
 MIB = 1024 * 1024
 
@@ -143,11 +143,17 @@ def test_no_reachable_backend_sends_message_and_closes(any_cluster: Cluster) -> 
         "--no-health-check",
     )
     assert exchange(port) == b"503 Service Unavailable\n"
-    # The backend is now ejected, so the next client finds no eligible backend at all.
-    assert exchange(port) == b"503 Service Unavailable\n"
     log = cluster.tmp / "lb.log"
     wait_for_log(log, r"termination=connect_failed")
-    wait_for_log(log, r"termination=no_backend")
+    # The backend is now ejected (with workers, once the supervisor's word has reached the
+    # worker that takes the next client), so clients find no eligible backend at all.
+    wait_for_log(log, rf"event down .*backend=127\.0\.0\.1:{dead} .*ejected")
+
+    def refused_without_trying() -> bool:
+        assert exchange(port) == b"503 Service Unavailable\n"
+        return "termination=no_backend" in read_log(log)
+
+    wait_until(refused_without_trying, what="a client refused with no eligible backend")
 
 
 def test_idle_timeout_ends_connection(any_cluster: Cluster) -> None:
