@@ -1,0 +1,245 @@
+"""Each algorithm's promise, checked as a property with hypothesis (pure: no I/O)."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from collections import Counter
+from functools import reduce
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from balancer import algorithms
+from balancer.algorithms.least_connections import LeastConnections, load
+from balancer.algorithms.power_of_two import PowerOfTwo
+from balancer.algorithms.round_robin import RoundRobin, smooth_schedule
+from balancer.algorithms.source_hash import SourceHash
+from balancer.algorithms.weighted_random import WeightedRandom
+from balancer.config import Address
+from balancer.pool import Backend
+
+weights_strategy = st.lists(st.integers(1, 20), min_size=1, max_size=8)
+
+
+def backends(weights: list[int]) -> list[Backend]:
+    return [Backend(Address("127.0.0.1", 9000 + i), w) for i, w in enumerate(weights)]
+
+
+def first(algorithm: algorithms.Algorithm, client: str = "10.0.0.1") -> Backend:
+    return next(iter(algorithm.candidates(client)))
+
+
+# -- round robin -------------------------------------------------------------------------------
+
+
+@given(weights_strategy, st.integers(1, 4))
+def test_round_robin_exact_shares_over_whole_cycles(weights: list[int], cycles: int) -> None:
+    pool = backends(weights)
+    rr = RoundRobin()
+    rr.update(pool)
+    divisor = reduce(math.gcd, weights)
+    cycle = sum(weights) // divisor
+    picks = Counter(first(rr).key for _ in range(cycle * cycles))
+    assert picks == {b.key: b.weight // divisor * cycles for b in pool}
+
+
+@given(weights_strategy)
+def test_round_robin_is_smooth(weights: list[int]) -> None:
+    """At every point of a cycle, each backend is within two picks of its exact share: picks
+    are interleaved, never sent in a burst to one backend and then made up for."""
+    schedule = smooth_schedule(weights)
+    total = len(schedule)
+    share = [w / sum(weights) for w in weights]
+    counts = [0] * len(weights)
+    for made, index in enumerate(schedule, 1):
+        counts[index] += 1
+        assert all(abs(c - made * p) < 2 for c, p in zip(counts, share, strict=True))
+    assert sum(counts) == total
+
+
+@given(weights_strategy)
+def test_candidates_are_every_backend_once(weights: list[int]) -> None:
+    pool = backends(weights)
+    for algorithm in (RoundRobin(), LeastConnections(), WeightedRandom(random.Random(1)),
+                      PowerOfTwo(random.Random(2)), SourceHash()):  # fmt: skip
+        algorithm.update(pool)
+        order = [b.key for b in algorithm.candidates("192.0.2.7")]
+        assert sorted(order) == sorted(b.key for b in pool)
+
+
+def test_round_robin_examples() -> None:
+    rr = RoundRobin()
+    pool = backends([1, 1, 1])
+    rr.update(pool)
+    assert Counter(first(rr).key for _ in range(300)) == {b.key: 100 for b in pool}
+    pool = backends([1, 2, 3])
+    rr.update(pool)
+    assert Counter(first(rr).key for _ in range(600)) == {
+        pool[0].key: 100,
+        pool[1].key: 200,
+        pool[2].key: 300,
+    }
+    assert [i for i in smooth_schedule([5, 1, 1])] == [0, 0, 1, 0, 2, 0, 0]
+
+
+# -- least connections -------------------------------------------------------------------------
+
+
+@given(weights_strategy, st.lists(st.integers(0, 30), min_size=8, max_size=8))
+def test_least_connections_picks_the_least_loaded(weights: list[int], active: list[int]) -> None:
+    pool = backends(weights)
+    for backend, count in zip(pool, active, strict=False):
+        backend.active = count
+    lc = LeastConnections()
+    lc.update(pool)
+    order = list(lc.candidates("x"))
+    assert load(order[0]) == min(load(b) for b in pool)
+    assert [load(b) for b in order] == sorted(load(b) for b in pool)
+
+
+@given(st.integers(1, 8), st.integers(1, 10))
+def test_least_connections_rotates_among_equals(count: int, rounds: int) -> None:
+    pool = backends([1] * count)
+    lc = LeastConnections()
+    lc.update(pool)
+    picks = Counter(first(lc).key for _ in range(count * rounds))  # idle: nothing held
+    assert picks == {b.key: rounds for b in pool}
+
+
+@given(weights_strategy, st.integers(1, 5))
+def test_least_connections_held_connections_follow_weights(weights: list[int], rounds: int) -> None:
+    pool = backends(weights)
+    lc = LeastConnections()
+    lc.update(pool)
+    for _ in range(sum(weights) * rounds):
+        first(lc).active += 1  # each connection stays open
+    assert {b.key: b.active for b in pool} == {b.key: b.weight * rounds for b in pool}
+
+
+def test_thirty_held_over_three() -> None:
+    pool = backends([1, 1, 1])
+    lc = LeastConnections()
+    lc.update(pool)
+    for _ in range(30):
+        first(lc).active += 1
+    assert [b.active for b in pool] == [10, 10, 10]
+
+
+def test_least_connections_counts_other_workers() -> None:
+    pool = backends([1, 1])
+    pool[0].others = 5  # held by another worker process
+    lc = LeastConnections()
+    lc.update(pool)
+    assert first(lc) is pool[1]
+
+
+# -- random and power of two -------------------------------------------------------------------
+
+
+@settings(max_examples=20)
+@given(st.lists(st.integers(1, 5), min_size=2, max_size=5), st.integers(0, 1000))
+def test_weighted_random_shares(weights: list[int], seed: int) -> None:
+    pool = backends(weights)
+    algorithm = WeightedRandom(random.Random(seed))
+    algorithm.update(pool)
+    draws = 20000
+    picks = Counter(first(algorithm).key for _ in range(draws))
+    total = sum(weights)
+    for b in pool:
+        p = b.weight / total
+        sigma = math.sqrt(draws * p * (1 - p))
+        assert abs(picks[b.key] - draws * p) < 5 * sigma
+
+
+@given(weights_strategy, st.lists(st.integers(0, 20), min_size=8, max_size=8), st.integers())
+def test_power_of_two_prefers_the_lighter(weights: list[int], active: list[int], seed: int) -> None:
+    pool = backends(weights)
+    for backend, count in zip(pool, active, strict=False):
+        backend.active = count
+    algorithm = PowerOfTwo(random.Random(seed))
+    algorithm.update(pool)
+    order = list(algorithm.candidates("x"))
+    if len(order) > 1:
+        assert load(order[0]) <= load(order[1])
+
+
+def test_power_of_two_spreads_held_connections() -> None:
+    pool = backends([1, 1, 1])
+    algorithm = PowerOfTwo(random.Random(7))
+    algorithm.update(pool)
+    for _ in range(300):
+        first(algorithm).active += 1
+    assert max(b.active for b in pool) - min(b.active for b in pool) <= 2
+
+
+# -- consistent hashing ------------------------------------------------------------------------
+
+clients = [f"10.{i // 250}.{i % 250}.{(i * 7) % 250}" for i in range(2000)]
+
+
+def mapping(pool: list[Backend]) -> dict[str, str]:
+    ring = SourceHash()
+    ring.update(pool)
+    return {c: first(ring, c).key for c in clients}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(3, 10), st.data())
+def test_source_hash_moves_only_the_leaving_backends_clients(
+    count: int, data: st.DataObject
+) -> None:
+    pool = backends([1] * count)
+    leaving = data.draw(st.integers(0, count - 1))
+    before = mapping(pool)
+    after = mapping([b for i, b in enumerate(pool) if i != leaving])
+    moved = [c for c in clients if before[c] != after[c]]
+    assert all(before[c] == pool[leaving].key for c in moved)
+    assert len(moved) == sum(1 for c in clients if before[c] == pool[leaving].key)
+    assert len(moved) <= 2 * len(clients) / count
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 9))
+def test_source_hash_joining_backend_only_takes_clients(count: int) -> None:
+    pool = backends([1] * (count + 1))
+    before = mapping(pool[:count])
+    after = mapping(pool)
+    newcomer = pool[count].key
+    assert all(after[c] == newcomer for c in clients if before[c] != after[c])
+
+
+def test_source_hash_is_stable_and_order_free() -> None:
+    pool = backends([1, 2, 1, 3])
+    assert mapping(pool) == mapping(list(reversed(pool)))
+
+
+# -- registry ----------------------------------------------------------------------------------
+
+
+def test_registry_and_user_algorithms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("round_robin", "least_connections", "random", "power_of_two", "source_hash"):
+        assert algorithms.resolve(name) is algorithms.REGISTRY[name]
+    (tmp_path / "my_lb.py").write_text(
+        "class Fixed:\n"
+        "    def update(self, backends):\n"
+        "        self.backends = list(backends)\n"
+        "    def candidates(self, client):\n"
+        "        return iter(sorted(self.backends, key=lambda b: b.key, reverse=True))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for path in ("my_lb:Fixed", "my_lb.Fixed"):
+        algorithm = algorithms.create(path)
+        pool = backends([1, 1])
+        algorithm.update(pool)
+        assert first(algorithm) is pool[1]
+    sys.modules.pop("my_lb", None)
+    with pytest.raises(ValueError, match="unknown algorithm 'fastest'"):
+        algorithms.resolve("fastest")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
+        algorithms.resolve("no_such_module.Thing")
+    with pytest.raises(ValueError, match="not a class with update"):
+        algorithms.resolve("math.pi")
