@@ -343,6 +343,36 @@ def test_max_connections_and_backend_queue(cluster: Cluster) -> None:
     waiting.close()
 
 
+def test_full_queue_refuses_at_once_and_host_names_resolve(cluster: Cluster) -> None:
+    echo = cluster.backend("echo")
+    queued = free_port()
+    path = config(
+        cluster,
+        service(
+            "queued",
+            queued,
+            f'{{ address = "localhost:{echo}", max_connections = 1 }}',
+            'queue_size = 1\nqueue_timeout = "20s"',
+        ),
+    )
+    cluster.balancer("--config", str(path))
+    log = cluster.tmp / "lb.log"
+    holder = socket.create_connection(("127.0.0.1", queued), timeout=10)
+    holder.sendall(b"h")
+    assert holder.recv(10) == b"h"  # through the host name
+    waiter = socket.create_connection(("127.0.0.1", queued), timeout=10)
+    waiter.sendall(b"w")
+    # The queue holds one (the waiter, accepted first): the next client is refused at once,
+    # and the refusal says why.
+    began = time.monotonic()
+    assert attempt(queued, b"x") == b""
+    assert time.monotonic() - began < 10
+    wait_for_log(log, r"event refused service=queued .*queue_full .*queue full")
+    holder.close()
+    assert waiter.recv(10) == b"w"  # the queued client has the freed slot
+    waiter.close()
+    wait_for_log(log, r"service=queued client=\S+ backend=localhost:\d+ .*termination=client")
+
 def test_proxy_protocol_through_two_balancers(cluster: Cluster) -> None:
     backend_port = free_port()
     backend = Process(

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import time
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, cast
 
 from balancer import proxy_protocol
+from balancer.dial import Dial, attach
 from balancer.logs import AccessRecord
 
 if TYPE_CHECKING:
@@ -52,10 +54,6 @@ class Termination(StrEnum):
     BAD_PROXY_HEADER = "bad_proxy_header"
     NO_RESOURCES = "no_resources"  # out of descriptors or memory here, not the backend's fault
     SHUTDOWN = "shutdown"
-
-
-class QueueFull(Exception):
-    """The service's queue for busy backends holds as many connections as it may."""
 
 
 def describe_error(exc: BaseException | None) -> str:
@@ -101,15 +99,20 @@ class Session(asyncio.Protocol):
         "client_open",
         "connect_ms",
         "connecting",
-        "connector",
         "destination",
+        "dial",
+        "dial_started",
+        "dialing",
         "finished",
+        "full",
         "header_buffer",
         "last_backend",
         "last_client",
+        "last_error",
         "loop",
         "peer",
         "preface",
+        "queue_timer",
         "reading_header",
         "refusing",
         "relaying_since",
@@ -161,8 +164,13 @@ class Session(asyncio.Protocol):
         self.last_backend = 0.0
         self.relaying_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.connector: asyncio.Task[None] | None = None
-        self.connecting = False
+        self.connecting = False  # dialing, queued, or waiting for the backend's transport
+        self.dial: Dial | None = None
+        self.dialing: Backend | None = None  # the backend being dialed, until upstream_made
+        self.dial_started = 0.0
+        self.full = False  # a candidate was skipped for being at its max_connections
+        self.last_error = ""
+        self.queue_timer: asyncio.TimerHandle | None = None
         self.finished = False
 
     # -- client side ------------------------------------------------------------------------
@@ -284,8 +292,8 @@ class Session(asyncio.Protocol):
                 self.termination = Termination.CLIENT_ABORTED
             else:
                 self.termination = Termination.CLIENT_RESET if exc else Termination.CLIENT_CLOSED
-        if self.connector is not None and not self.connector.done():
-            self.connector.cancel()
+        if self.connecting:
+            self._stop_connecting()
         if self.up_transport is not None and self.backend_open:
             if exc is None:
                 self.up_transport.close()
@@ -308,82 +316,118 @@ class Session(asyncio.Protocol):
         assert self.client is not None
         self.client.pause_reading()
         self.connecting = True
-        self.connector = self.loop.create_task(self._run_connect())
+        self._next()
 
-    async def _run_connect(self) -> None:
-        try:
-            await self._try_backends()
-        finally:
-            self.connecting = False
-            self._maybe_finish()
-
-    async def _try_backends(self) -> None:
+    def _next(self) -> None:
+        """Dial the next candidate; or wait in the queue if every one left is busy; or refuse."""
         service = self.service
-        while True:
-            if self.candidates is None:
-                self.candidates = service.candidates(self.client_ip)
-            outcome = await self._walk()
-            if outcome != "full":
-                return
-            # Every candidate not yet tried is at its max_connections: wait for a slot.
-            try:
-                await service.wait_for_slot()
-            except QueueFull:
-                service.refusal(Termination.QUEUE_FULL, self.peer, "queue full")
-                self._refuse(Termination.QUEUE_FULL)
-                return
-            except TimeoutError:
-                self._refuse(Termination.QUEUE_TIMEOUT)
-                return
-            self.candidates = None
-
-    async def _walk(self) -> str:
-        """Try candidates in order: "connected", "full", or refused and "done"."""
-        service = self.service
-        assert self.candidates is not None
+        if self.candidates is None:
+            self.candidates = service.candidates(self.client_ip)
         attempts = service.config.retries + 1
-        timeout = service.config.timeouts.connect
-        last_error = ""
-        full = False
         for backend in self.candidates:
             if self.attempts == attempts:
                 break
             limit = backend.max_connections
             if limit and backend.active + backend.others >= limit:
-                full = True
+                self.full = True
                 continue
             self.attempts += 1
             service.acquire(backend)
-            begin = time.monotonic()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.loop.create_connection(
-                        lambda b=backend: Upstream(self, b),  # type: ignore[misc]
-                        backend.address.host,
-                        backend.address.port,
-                    )
-            except (OSError, TimeoutError) as exc:
-                service.release(backend)
-                last_error = describe_error(exc)
-                if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
-                    # Our shortage, not the backend's: blame no one, and do not retry.
-                    service.refusal(Termination.NO_RESOURCES, self.peer, last_error)
-                    self._refuse(Termination.NO_RESOURCES)
-                    return "done"
-                refused = isinstance(exc, ConnectionRefusedError)
-                service.connect_failed(backend, last_error, refused=refused)
-                continue
-            except asyncio.CancelledError:
-                service.release(backend)
-                raise
-            self.connect_ms = (time.monotonic() - begin) * 1000.0
-            return "connected"
-        if full and self.attempts < attempts:
-            return "full"
+            self.dialing = backend
+            self.dial_started = time.monotonic()
+            self.dial = Dial(
+                self.loop, backend.address, service.config.timeouts.connect, self._dialed
+            )
+            self.dial.start()
+            return
+        if self.full and self.attempts < attempts:
+            self._queue()
+            return
+        self.connecting = False
         if self.attempts:
-            service.log_no_backend(self, last_error)
+            service.log_no_backend(self, self.last_error)
         self._refuse(Termination.CONNECT_FAILED if self.attempts else Termination.NO_BACKEND)
-        return "done"
+
+    def _dialed(self, sock: socket.socket | None, exc: BaseException | None) -> None:
+        backend = self.dialing
+        assert backend is not None
+        self.dial = None
+        if sock is not None:
+            self.connect_ms = (time.monotonic() - self.dial_started) * 1000.0
+            attach(self.loop, sock, Upstream(self, backend), self._attach_failed)
+            return  # still connecting until the transport calls upstream_made
+        self.dialing = None
+        self._connect_failed(backend, exc)
+
+    def _attach_failed(self, exc: BaseException) -> None:
+        backend = self.dialing
+        assert backend is not None
+        self.dialing = None
+        if self.client_open:
+            self._connect_failed(backend, exc)
+        else:
+            self.service.release(backend)
+            self.connecting = False
+            self._maybe_finish()
+
+    def _connect_failed(self, backend: Backend, exc: BaseException | None) -> None:
+        service = self.service
+        service.release(backend)
+        self.last_error = describe_error(exc)
+        if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
+            # Our shortage, not the backend's: blame no one, and do not retry.
+            self.connecting = False
+            service.refusal(Termination.NO_RESOURCES, self.peer, self.last_error)
+            self._refuse(Termination.NO_RESOURCES)
+            return
+        refused = isinstance(exc, ConnectionRefusedError)
+        service.connect_failed(backend, self.last_error, refused=refused)
+        self._next()
+
+    def _queue(self) -> None:
+        """Every candidate not yet tried is at its max_connections: wait for a slot."""
+        service = self.service
+        if not service.enqueue(self):
+            self.connecting = False
+            service.refusal(Termination.QUEUE_FULL, self.peer, "queue full")
+            self._refuse(Termination.QUEUE_FULL)
+            return
+        self.queue_timer = self.loop.call_later(
+            service.config.limits.queue_timeout, self._queue_timed_out
+        )
+
+    def slot_freed(self) -> None:
+        """Called by the service when a busy backend has a free slot."""
+        if self.queue_timer is None:
+            self.service.wake_queued()  # no longer waiting: pass the slot on
+            return
+        self.queue_timer.cancel()
+        self.queue_timer = None
+        self.candidates = None
+        self.full = False
+        self._next()
+
+    def _queue_timed_out(self) -> None:
+        self.queue_timer = None
+        self.service.dequeue(self)
+        self.connecting = False
+        self._refuse(Termination.QUEUE_TIMEOUT)
+
+    def _stop_connecting(self) -> None:
+        """The client left while connecting: give up the attempt or the place in the queue."""
+        if self.dial is not None:
+            self.dial.cancel()
+            self.dial = None
+            assert self.dialing is not None
+            self.service.release(self.dialing)
+            self.dialing = None
+            self.connecting = False
+        elif self.queue_timer is not None:
+            self.queue_timer.cancel()
+            self.queue_timer = None
+            self.service.dequeue(self)
+            self.connecting = False
+        # else the backend's transport is being made: upstream_made closes it
 
     def _refuse(self, reason: Termination) -> None:
         """Send the optional message, then close without resetting the client.
@@ -409,6 +453,8 @@ class Session(asyncio.Protocol):
 
     def upstream_made(self, upstream: Upstream, transport: asyncio.Transport) -> None:
         backend = upstream.backend
+        self.connecting = False
+        self.dialing = None
         self.upstream = upstream
         self.up_transport = transport
         self.backend = backend
@@ -453,10 +499,10 @@ class Session(asyncio.Protocol):
         if upstream is not self.upstream:
             return True  # an earlier, already abandoned backend connection
         unanswered = self.bytes_out == 0 and (exc is not None or not self.client_eof)
-        if not unanswered:
-            return False
+        if not unanswered or not self.client_open:
+            return False  # (a client that left first is no fault of the backend's)
         self.service.backend_failed(upstream.backend, describe_error(exc))
-        if not self.client_open or self.termination is not None:
+        if self.termination is not None:
             return False
         if self.bytes_in and self.replay is None:
             return False  # the client's bytes are gone with that backend

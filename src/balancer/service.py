@@ -21,7 +21,7 @@ from balancer.config import Address, BackendConfig, ServiceConfig
 from balancer.health import Health
 from balancer.logs import AccessRecord, EventLog
 from balancer.pool import DOWN, ENABLED, UP, Backend, Pool
-from balancer.relay import QueueFull, Session, Termination
+from balancer.relay import Session, Termination
 from balancer.shared import SharedCursor, SharedState
 from balancer.stats import BackendStats
 
@@ -102,7 +102,7 @@ class Service:
         self.waiting: deque[Session] = deque()  # accepted, waiting for max_connections room
         self.accept_paused = False
         self.last_pause_log = 0.0
-        self.queue: deque[asyncio.Future[None]] = deque()  # waiting for a busy backend
+        self.queue: deque[Session] = deque()  # waiting for a busy backend
         self.refusals: Counter[str] = Counter()
         self.refusal_log: dict[str, tuple[float, int]] = {}
         self.on_recovery: Callable[[], None] | None = None  # set while accept() lacks resources
@@ -148,7 +148,7 @@ class Service:
         if self.shared is not None and backend.slot >= 0:
             self.shared.set_active(self.worker_index, backend.slot, backend.active)
         if self.queue and backend.max_connections:
-            self._wake_queued()
+            self.wake_queued()
 
     def _room(self) -> bool:
         limit = self.config.limits.max_connections
@@ -393,27 +393,20 @@ class Service:
         self.refusal_log[reason] = (now, 0)
         self.log.event("refused", f"{reason} {peer}: {detail}{more}", service=self.name)
 
-    async def wait_for_slot(self) -> None:
-        """Wait, in the bounded queue, for a busy backend to free a connection slot."""
-        limits = self.config.limits
-        if len(self.queue) >= limits.queue_size:
-            raise QueueFull
-        waiter = asyncio.get_running_loop().create_future()
-        self.queue.append(waiter)
-        try:
-            async with asyncio.timeout(limits.queue_timeout):
-                await waiter
-        finally:
-            if not waiter.done() or waiter in self.queue:
-                with contextlib.suppress(ValueError):
-                    self.queue.remove(waiter)
+    def enqueue(self, session: Session) -> bool:
+        """Queue a session for a busy backend's next free slot; False if the queue is full."""
+        if len(self.queue) >= self.config.limits.queue_size:
+            return False
+        self.queue.append(session)
+        return True
 
-    def _wake_queued(self) -> None:
-        while self.queue:
-            waiter = self.queue.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def dequeue(self, session: Session) -> None:
+        with contextlib.suppress(ValueError):
+            self.queue.remove(session)
+
+    def wake_queued(self) -> None:
+        if self.queue:
+            asyncio.get_running_loop().call_soon(self.queue.popleft().slot_freed)
 
     def finished(self, session: Session, record: AccessRecord) -> None:
         self.sessions.discard(session)
