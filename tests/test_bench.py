@@ -91,6 +91,37 @@ def test_report_format_is_stable() -> None:
     assert len(metrics(params)) == len(ROW_KEYS)
 
 
+def test_soak_report_format() -> None:
+    results = Results()
+    results.soak = {
+        "balancer": {
+            "seconds": 60,
+            "requests_per_s": 2192.4,
+            "socket_errors": 0,
+            "alive": True,
+            "fds_before": 8,
+            "fds_after": 8,
+            "rss_before_kib": 40960,
+            "rss_after_kib": 43008,
+        },
+        "nginx": {
+            "seconds": 60,
+            "requests_per_s": None,
+            "socket_errors": 3,
+            "alive": False,
+            "fds_before": 7,
+            "fds_after": None,
+            "rss_before_kib": 14336,
+            "rss_after_kib": None,
+        },
+    }
+    meta = {"cpus": 2, "kernel": "6.1", "python": "3.11.2", "versions": {}, "nofile": 20000}
+    lines = render(results, Params(soak=60), meta, {}).splitlines()
+    assert lines[0] == "## balancer bench: connection-churn soak"
+    assert "| balancer | 2,192 | 0 | yes | 8 | 8 | 40.0 | 42.0 | +5.0% |" in lines
+    assert "| nginx | - | 3 | NO | 7 | - | 14.0 | - | - |" in lines
+
+
 def _stream_module_or_skip(nginx: str) -> None:
     built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr + " "
     if "--with-stream " in built or STREAM_MODULE.exists():
@@ -140,3 +171,19 @@ def test_quick_bench_reports_every_workload(tmp_path: Path) -> None:
     for target in data["meta"]["targets"].values():
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", target["port"]), timeout=1).close()
+
+
+@pytest.mark.timeout(60)
+def test_short_soak_through_the_balancer(tmp_path: Path) -> None:
+    require_tool("nginx")
+    require_tool("wrk")
+    raw = tmp_path / "soak.json"
+    args = ("bench", "--soak", "2s", "--targets", "balancer", "--no-install", "--json", str(raw))
+    done = subprocess.run(balancer_cmd(*args), capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "## balancer bench: connection-churn soak" in done.stdout
+    soak = json.loads(raw.read_text())["soak"]["balancer"]
+    assert soak["alive"] and soak["requests_per_s"] > 0, soak
+    assert soak["socket_errors"] == 0, soak
+    assert soak["fds_before"] > 0 and soak["fds_after"] == soak["fds_before"], soak
+    assert soak["rss_after_kib"] > 0, soak

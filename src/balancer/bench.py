@@ -11,7 +11,9 @@ Everything runs on 127.0.0.1 with ports from the OS, in a temporary directory re
   -t1 -c50), new connections (wrk -t1 -c50 with `Connection: close`), bulk download (one
   connection reading the big file), latency percentiles (wrk -t1 -c10 --latency), CPU time
   per request (the target's utime+stime over the keep-alive run), and resident memory with
-  8,000 idle relayed connections (measured once per target, after the timed runs).
+  8,000 idle relayed connections (measured once per target, after the timed runs);
+- or, with `--soak`, only a connection-churn soak through each relay, reporting whether it
+  survived, and its descriptors and resident memory before and after.
 
 The report (stdout) is a markdown table of medians plus a table of ratios; progress goes to
 stderr. Missing tools are installed from Debian packages when running as root; a target whose
@@ -58,6 +60,8 @@ DOWNLOADS = 3  # bulk downloads per target per run
 IDLE_CONNECTIONS = 8000
 QUICK_IDLE_CONNECTIONS = 200
 HOLD_BATCH = 250  # idle connections opened at a time
+SOAK_CONNECTIONS = 200
+SOAK_SETTLE = 2.0  # seconds for closed connections to drain before counting
 BODY = b"hello\n"
 PAUSE = 0.2  # between measurements, to let closed connections drain
 READY_TIMEOUT = 15.0
@@ -140,6 +144,7 @@ class Params:
     install: bool = True
     keep: bool = False
     json_path: str | None = None
+    soak: int = 0  # seconds of connection churn instead of the workloads; 0: none
 
 
 def _seconds(text: str) -> int:
@@ -199,6 +204,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(a single flag needs =: --balancer-args=--flag)",
     )
     parser.add_argument(
+        "--soak",
+        type=_seconds,
+        default=0,
+        metavar="SECONDS",
+        help="instead of the workloads, a connection-churn soak of this length as 60s "
+        f"(wrk, {SOAK_CONNECTIONS} connections, Connection: close) through each relay: "
+        "descriptors and resident memory before and after",
+    )
+    parser.add_argument(
         "--idle-connections",
         type=_positive,
         metavar="N",
@@ -230,6 +244,7 @@ def params_from_args(args: argparse.Namespace) -> Params:
         install=not args.no_install,
         keep=bool(args.keep),
         json_path=args.json,
+        soak=args.soak,
     )
 
 
@@ -488,6 +503,15 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / CLK_TCK
 
 
+def tree_fds(pid: int) -> int:
+    """Open descriptors of the process and its descendants."""
+    total = 0
+    for p in process_tree(pid):
+        with suppress(OSError):
+            total += len(os.listdir(f"/proc/{p}/fd"))
+    return total
+
+
 def tree_rss_kib(pid: int) -> int:
     """VmRSS of the process and its descendants, in KiB."""
     total = 0
@@ -720,6 +744,7 @@ def hold_connections(port: int, count: int, timeout: float) -> tuple[list[socket
 class Results:
     samples: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    soak: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def values(self, target: str, key: str) -> list[float]:
@@ -938,6 +963,42 @@ class Bench:
                 f"{where}: wrk failed (status {wrk['exit_status']}): {last[0]}"
             )
 
+    def soak(self, target: Target) -> None:
+        """Churn connections through `target`; compare its descriptors and memory after."""
+        pid = target.pid
+        assert pid is not None and self.tools.wrk is not None
+        url = f"http://{HOST}:{target.port}/"
+        close = ["-H", "Connection: close"]
+        self.children.run([self.tools.wrk, "-t1", "-c10", "-d1s", *close, url], timeout=30)
+        time.sleep(SOAK_SETTLE)
+        fds, rss = tree_fds(pid), tree_rss_kib(pid)
+        seconds = self.params.soak
+        log(f"soak {target.name}: {seconds}s, {SOAK_CONNECTIONS} connections")
+        status, output = self.children.run(
+            [self.tools.wrk, "-t1", f"-c{SOAK_CONNECTIONS}", f"-d{seconds}s", *close, url],
+            timeout=seconds + 30,
+        )
+        wrk = parse_wrk(output)
+        time.sleep(SOAK_SETTLE)
+        alive = target.alive()
+        result: dict[str, Any] = {
+            "seconds": seconds,
+            "requests_per_s": wrk.get("requests_per_s"),
+            "socket_errors": sum(wrk.get("socket_errors", {}).values()),
+            "alive": alive,
+            "fds_before": fds,
+            "fds_after": tree_fds(pid) if alive else None,
+            "rss_before_kib": rss,
+            "rss_after_kib": tree_rss_kib(pid) if alive else None,
+        }
+        if status != 0 or "requests_per_s" not in wrk:
+            result["wrk_output"] = output[-2000:]
+        self.results.soak[target.name] = result
+        log(
+            f"soak {target.name}: {'alive' if alive else 'DIED'}, descriptors {fds} -> "
+            f"{result['fds_after']}, RSS {rss} -> {result['rss_after_kib']} KiB"
+        )
+
     def measure_memory(self, target: Target) -> None:
         pid = target.pid
         if pid is None or not target.alive():
@@ -986,6 +1047,11 @@ class Bench:
         time.sleep(1.0)
 
     def run(self) -> None:
+        if self.params.soak:
+            for target in self.targets.values():
+                if target.name != "direct":
+                    self.soak(target)
+            return
         if not self.params.quick:
             self.warm_up()
         for run in range(1, self.params.runs + 1):
@@ -1041,6 +1107,8 @@ def render(
         if key in versions
     )
     balancer = " ".join(["balancer run --no-health-check", *params.balancer_args])
+    if params.soak:
+        return render_soak(results, params, meta, balancer, skipped)
     lines = [
         "## balancer bench",
         "",
@@ -1076,6 +1144,37 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def render_soak(
+    results: Results, params: Params, meta: dict[str, Any], balancer: str, skipped: dict[str, str]
+) -> str:
+    lines = [
+        "## balancer bench: connection-churn soak",
+        "",
+        f"- machine: {meta['cpus']} CPUs, Linux {meta['kernel']}, Python {meta['python']}",
+        f"- load: wrk -t1 -c{SOAK_CONNECTIONS} -H 'Connection: close' for {params.soak}s; "
+        f"counted {SOAK_SETTLE:g}s after a 1s warm-up and {SOAK_SETTLE:g}s after the soak",
+        f"- balancer: `{balancer}`",
+        "",
+        "| target | requests/s | socket errors | survived | descriptors before | after "
+        "| RSS before, MiB | after, MiB | RSS change |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.soak.items():
+        before, after = r["rss_before_kib"], r["rss_after_kib"]
+        change = f"{(after - before) / before:+.1%}" if after is not None and before else "-"
+        lines.append(
+            f"| {name} | {_format(r['requests_per_s'], 0)} | {r['socket_errors']:,} | "
+            f"{'yes' if r['alive'] else 'NO'} | {r['fds_before']} | "
+            f"{r['fds_after'] if r['fds_after'] is not None else '-'} | "
+            f"{_format(before / 1024, 1)} | "
+            f"{_format(after / 1024 if after is not None else None, 1)} | {change} |"
+        )
+    notes = [f"{name} skipped: {why}" for name, why in skipped.items()] + results.notes
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
 def to_json(
     results: Results, params: Params, meta: dict[str, Any], skipped: dict[str, str]
 ) -> dict[str, Any]:
@@ -1093,10 +1192,12 @@ def to_json(
             "keepalive_connections": KEEPALIVE_CONNECTIONS,
             "close_connections": CLOSE_CONNECTIONS,
             "latency_connections": LATENCY_CONNECTIONS,
+            "soak_s": params.soak,
         },
         "skipped": skipped,
         "samples": results.samples,
         "memory": results.memory,
+        "soak": results.soak,
         "medians": {t: {m.key: results.median(t, m.key) for m in metrics(params)} for t in TARGETS},
         "ratios": ratios(results, params),
         "notes": results.notes,

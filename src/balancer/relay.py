@@ -17,6 +17,7 @@ import asyncio
 import errno
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from enum import StrEnum
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from balancer.pool import Backend
     from balancer.service import Service
 
+# CPython 3.11's selector transport keeps a bound method of itself (gh-100348, fixed in 3.12),
+# so each closed one waits for the garbage collector unless the attribute is cleared.
+_TRANSPORT_CYCLE = sys.version_info < (3, 12)
 LINGER = 2.0  # seconds a refused client may keep sending before we close
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -624,6 +628,18 @@ class Session(asyncio.Protocol):
                 termination=str(self.termination or Termination.CLIENT_CLOSED),
             ),
         )
+        # Break the reference cycles, so everything is freed now rather than by a later
+        # garbage collection: under connection churn, that garbage raised the heap's
+        # high-water mark, which the allocator then kept.
+        if _TRANSPORT_CYCLE:
+            for transport in (self.client, self.up_transport):
+                if transport is not None and hasattr(transport, "_read_ready_cb"):
+                    transport._read_ready_cb = None  # (as 3.12's close() does)
+        self.upstream = None
+        self.up_transport = None
+        self.client = None
+        self.candidates = None
+        self.timer = None
 
 
 class Upstream(asyncio.Protocol):
