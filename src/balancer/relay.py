@@ -65,7 +65,7 @@ def describe_error(exc: BaseException | None) -> str:
         return "closed"
     if isinstance(exc, TimeoutError):
         return "connect timeout"
-    if isinstance(exc, OSError) and exc.errno:
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:  # (a resolver's are not)
         return os.strerror(exc.errno).lower()
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
