@@ -527,11 +527,9 @@ def tree_rss_kib(pid: int) -> int:
 # Configs
 
 
-def nginx_backend_conf(tmp: Path, ports: Sequence[int], root: Path, as_root: bool) -> str:
-    prefix = tmp / "backend"
-    listens = "\n".join(f"        listen {HOST}:{p} backlog=4096;" for p in ports)
-    return f"""# nginx backends for balancer bench
-{"user root;" if as_root else ""}
+def _nginx_main(prefix: Path, as_root: bool) -> str:
+    """The top of an nginx config: one foreground process, its files under `prefix`."""
+    return f"""{"user root;" if as_root else ""}
 worker_processes 1;
 daemon off;
 master_process off;
@@ -540,7 +538,14 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{
     worker_connections {NOFILE_NGINX - 1000};
-}}
+}}"""
+
+
+def nginx_backend_conf(tmp: Path, ports: Sequence[int], root: Path, as_root: bool) -> str:
+    prefix = tmp / "backend"
+    listens = "\n".join(f"        listen {HOST}:{p} backlog=4096;" for p in ports)
+    return f"""# nginx backends for balancer bench
+{_nginx_main(prefix, as_root)}
 http {{
     access_log off;
     default_type text/plain;
@@ -574,16 +579,7 @@ def nginx_stream_conf(
     servers = "\n".join(f"        server {HOST}:{p};" for p in backends)
     return f"""# nginx stream load balancer for balancer bench
 {load}
-{"user root;" if as_root else ""}
-worker_processes 1;
-daemon off;
-master_process off;
-worker_rlimit_nofile {NOFILE_NGINX};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{
-    worker_connections {NOFILE_NGINX - 1000};
-}}
+{_nginx_main(prefix, as_root)}
 stream {{
     upstream backends {{
 {servers}
@@ -865,9 +861,12 @@ class Bench:
 
     # -- workloads
 
-    def wrk(self, target: Target, path: str, connections: int, close: bool) -> dict[str, Any]:
+    def wrk(
+        self, target: Target, path: str, connections: int, close: bool, seconds: int = 0
+    ) -> dict[str, Any]:
+        """One wrk run of `seconds` (default: the run length); its parsed report."""
         assert self.tools.wrk is not None
-        seconds = self.params.duration
+        seconds = seconds or self.params.duration
         args = [
             self.tools.wrk,
             "-t1",
@@ -889,11 +888,7 @@ class Bench:
 
     def warm_up(self) -> None:
         for target in self.targets.values():
-            assert self.tools.wrk is not None
-            self.children.run(
-                [self.tools.wrk, "-t1", "-c50", "-d1s", f"http://{HOST}:{target.port}/"],
-                timeout=30,
-            )
+            self.wrk(target, "/", KEEPALIVE_CONNECTIONS, close=False, seconds=1)
 
     def measure(self, run: int, workload: str, target: Target) -> None:
         if not target.alive():
@@ -966,19 +961,13 @@ class Bench:
     def soak(self, target: Target) -> None:
         """Churn connections through `target`; compare its descriptors and memory after."""
         pid = target.pid
-        assert pid is not None and self.tools.wrk is not None
-        url = f"http://{HOST}:{target.port}/"
-        close = ["-H", "Connection: close"]
-        self.children.run([self.tools.wrk, "-t1", "-c10", "-d1s", *close, url], timeout=30)
+        assert pid is not None
+        self.wrk(target, "/", 10, close=True, seconds=1)  # warm-up
         time.sleep(SOAK_SETTLE)
         fds, rss = tree_fds(pid), tree_rss_kib(pid)
         seconds = self.params.soak
         log(f"soak {target.name}: {seconds}s, {SOAK_CONNECTIONS} connections")
-        status, output = self.children.run(
-            [self.tools.wrk, "-t1", f"-c{SOAK_CONNECTIONS}", f"-d{seconds}s", *close, url],
-            timeout=seconds + 30,
-        )
-        wrk = parse_wrk(output)
+        wrk = self.wrk(target, "/", SOAK_CONNECTIONS, close=True, seconds=seconds)
         time.sleep(SOAK_SETTLE)
         alive = target.alive()
         result: dict[str, Any] = {
@@ -991,8 +980,8 @@ class Bench:
             "rss_before_kib": rss,
             "rss_after_kib": tree_rss_kib(pid) if alive else None,
         }
-        if status != 0 or "requests_per_s" not in wrk:
-            result["wrk_output"] = output[-2000:]
+        if "output" in wrk:
+            result["wrk_output"] = wrk["output"]
         self.results.soak[target.name] = result
         log(
             f"soak {target.name}: {'alive' if alive else 'DIED'}, descriptors {fds} -> "

@@ -99,12 +99,7 @@ class Dial:
         if not self.more:
             self._finish(None, exc)
             return
-        if self.fd >= 0:
-            self.loop.remove_writer(self.fd)
-            self.fd = -1
-        assert self.sock is not None
-        self.sock.close()
-        self.sock = None
+        self._drop_socket(keep=False)
         self._connect(*self.more.pop(0))
 
     def _writable(self) -> None:
@@ -136,6 +131,10 @@ class Dial:
         if self.resolving is not None:
             self.resolving.cancel()
             self.resolving = None
+        self._drop_socket(keep)
+
+    def _drop_socket(self, keep: bool) -> None:
+        """Stop watching the socket; close it unless it is handed on."""
         if self.fd >= 0:
             self.loop.remove_writer(self.fd)
             self.fd = -1
