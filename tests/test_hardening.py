@@ -373,6 +373,7 @@ def test_full_queue_refuses_at_once_and_host_names_resolve(cluster: Cluster) -> 
     waiter.close()
     wait_for_log(log, r"service=queued client=\S+ backend=localhost:\d+ .*termination=client")
 
+
 def test_proxy_protocol_through_two_balancers(cluster: Cluster) -> None:
     backend_port = free_port()
     backend = Process(

@@ -66,13 +66,15 @@ class Balancer:
                 service.share(shared, self.worker, cursors[name])
 
     def _service(self, config: ServiceConfig) -> Service:
-        return Service(
+        service = Service(
             config,
             self.log,
             self.health_factory,
             worker=self.worker is not None,
             budget=self.budget,
         )
+        service.on_exhausted = self.accept_exhausted
+        return service
 
     async def _open(self, service: Service) -> None:
         """Start a service: listen, or, as a supervisor, reserve its port for the workers."""
@@ -279,8 +281,9 @@ def raise_descriptor_limit(log: EventLog) -> None:
 
 
 def install_exception_handler(balancer: Balancer) -> None:
-    """Turn asyncio's report of accept() failing for lack of descriptors into one line per
-    episode; asyncio itself pauses that listener and retries every second."""
+    """Turn asyncio's report of accept() failing for lack of descriptors (on the admin API's
+    listener; services report their own) into one line per episode; asyncio itself pauses
+    that listener and retries every second."""
     loop = asyncio.get_running_loop()
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -2,8 +2,8 @@
 
 `loop.create_connection` runs a coroutine and creates several futures for every backend
 connection; on a connection-per-request load that machinery was a quarter of the balancer's
-time. A `Dial` does the same work with a non-blocking `connect` and one writer callback, and
-`attach` wraps the connected socket in the event loop's own transport.
+time. A `Dial` does the same work with a non-blocking `connect` and one writer callback; the
+connected socket is then served by a `stream.Stream`.
 """
 
 from __future__ import annotations
@@ -141,33 +141,3 @@ class Dial:
         if self.sock is not None and not keep:
             self.sock.close()
         self.sock = None
-
-
-def attach(
-    loop: asyncio.AbstractEventLoop,
-    sock: socket.socket,
-    protocol: asyncio.Protocol,
-    failed: Callable[[BaseException], None],
-) -> None:
-    """Wrap a connected socket in a transport that serves `protocol`.
-
-    On asyncio's selector loops the transport is made directly, and `connection_made` follows
-    on the next turn of the loop. Other loops (uvloop) take the public, coroutine-based way;
-    there, `failed` is called if the transport cannot be made.
-    """
-    make = getattr(loop, "_make_socket_transport", None)
-    if make is not None:
-        try:
-            make(sock, protocol)
-        except Exception as exc:  # (as create_connection would have raised it)
-            sock.close()
-            failed(exc)
-        return
-
-    def check(task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            sock.close()
-            failed(task.exception())  # type: ignore[arg-type]
-
-    task = loop.create_task(loop.create_connection(lambda: protocol, sock=sock))
-    task.add_done_callback(check)

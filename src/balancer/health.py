@@ -18,7 +18,8 @@ import h11
 
 from balancer.config import HealthCheckConfig, PassiveConfig
 from balancer.pool import DOWN, UP, Backend, Pool
-from balancer.relay import RESOURCE_ERRORS, describe_error
+from balancer.relay import describe_error
+from balancer.stream import RESOURCE_ERRORS
 
 JITTER = 0.1  # each interval is stretched or shrunk by up to 10%, so checks do not fire together
 SLOW_START_STEPS = 10

@@ -1,10 +1,10 @@
 """The proxy: moves bytes between a client connection and a backend connection.
 
-Built on asyncio Protocols and transports, so relaying a chunk is one callback and one write
-with no coroutine and no copy. Backpressure runs both ways: when one side's write buffer fills,
-reading from the other side stops until it drains. An EOF from one side is forwarded as a
-half-close to the other; the connection ends when both directions have ended, or either side
-resets. Every connection ends with exactly one termination reason.
+Built on asyncio Protocols served by `stream.Stream` transports, so relaying a chunk is one
+callback and one write with no coroutine and no copy. Backpressure runs both ways: when one
+side's write buffer fills, reading from the other side stops until it drains. An EOF from one
+side is forwarded as a half-close to the other; the connection ends when both directions have
+ended, or either side resets. Every connection ends with exactly one termination reason.
 
 A backend connection that fails before any byte has flowed either way is retried on the next
 candidate, invisibly to the client; with `retry_replay`, so is one that fails after the client
@@ -14,28 +14,23 @@ spoke but before the backend answered, and the client's first bytes are sent aga
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, cast
 
 from balancer import proxy_protocol
-from balancer.dial import Dial, attach
+from balancer.dial import Dial
 from balancer.logs import AccessRecord
+from balancer.stream import RESOURCE_ERRORS, Stream, prepare
 
 if TYPE_CHECKING:
     from balancer.pool import Backend
     from balancer.service import Service
 
-# CPython 3.11's selector transport keeps a bound method of itself (gh-100348, fixed in 3.12),
-# so each closed one waits for the garbage collector unless the attribute is cleared.
-_TRANSPORT_CYCLE = sys.version_info < (3, 12)
 LINGER = 2.0  # seconds a refused client may keep sending before we close
-RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Termination(StrEnum):
@@ -144,7 +139,7 @@ class Session(asyncio.Protocol):
         self.peer = "-"
         self.client_ip = ""
         self.source: tuple[str, int] | None = None  # the client, or what a PROXY header says
-        self.destination: tuple[str, int] | None = None
+        self.destination: tuple[str, int] | None = None  # looked up when a PROXY header needs it
         self.started = 0.0
         self.accepted_at = 0.0
         self.connect_ms = -1.0
@@ -180,13 +175,12 @@ class Session(asyncio.Protocol):
     # -- client side ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
+        transport = cast(asyncio.Transport, transport)
         self.client = transport
         self.client_open = True
         self.last_client = self.last_backend = self.accepted_at = self.loop.time()
         self.started = time.monotonic()  # (uvloop's loop.time() has millisecond steps)
         self.source = _endpoint(transport.get_extra_info("peername"))
-        self.destination = _endpoint(transport.get_extra_info("sockname"))
         if self.source is not None:
             self.client_ip = self.source[0]
             self.peer = _show(self.source)
@@ -232,8 +226,7 @@ class Session(asyncio.Protocol):
         if transport is not None:
             transport.write(data)
         elif not self.refusing:
-            # No backend yet: keep it for the one that comes. (uvloop may deliver data before
-            # the pause asked for in connection_made takes effect.)
+            # No backend yet (reading should be paused): keep it for the one that comes.
             self.preface += data
             assert self.client is not None
             self.client.pause_reading()
@@ -358,21 +351,16 @@ class Session(asyncio.Protocol):
         self.dial = None
         if sock is not None:
             self.connect_ms = (time.monotonic() - self.dial_started) * 1000.0
-            attach(self.loop, sock, Upstream(self, backend), self._attach_failed)
-            return  # still connecting until the transport calls upstream_made
+            try:
+                prepare(sock)
+            except OSError as error:  # (reset already)
+                sock.close()
+                exc = error
+            else:
+                Stream(self.loop, sock, Upstream(self, backend)).start()  # -> upstream_made
+                return
         self.dialing = None
         self._connect_failed(backend, exc)
-
-    def _attach_failed(self, exc: BaseException) -> None:
-        backend = self.dialing
-        assert backend is not None
-        self.dialing = None
-        if self.client_open:
-            self._connect_failed(backend, exc)
-        else:
-            self.service.release(backend)
-            self.connecting = False
-            self._maybe_finish()
 
     def _connect_failed(self, backend: Backend, exc: BaseException | None) -> None:
         service = self.service
@@ -431,7 +419,6 @@ class Session(asyncio.Protocol):
             self.queue_timer = None
             self.service.dequeue(self)
             self.connecting = False
-        # else the backend's transport is being made: upstream_made closes it
 
     def _refuse(self, reason: Termination) -> None:
         """Send the optional message, then close without resetting the client.
@@ -469,6 +456,8 @@ class Session(asyncio.Protocol):
             return
         assert self.client is not None
         version = backend.send_proxy or self.service.config.send_proxy
+        if version and self.destination is None:
+            self.destination = _endpoint(self.client.get_extra_info("sockname"))
         if version and self.source is not None and self.destination is not None:
             transport.write(proxy_protocol.build(version, self.source, self.destination))
         if self.replay:
@@ -631,10 +620,6 @@ class Session(asyncio.Protocol):
         # Break the reference cycles, so everything is freed now rather than by a later
         # garbage collection: under connection churn, that garbage raised the heap's
         # high-water mark, which the allocator then kept.
-        if _TRANSPORT_CYCLE:
-            for transport in (self.client, self.up_transport):
-                if transport is not None and hasattr(transport, "_read_ready_cb"):
-                    transport._read_ready_cb = None  # (as 3.12's close() does)
         self.upstream = None
         self.up_transport = None
         self.client = None

@@ -14,16 +14,17 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
-from balancer import algorithms
+from balancer import algorithms, stream
 from balancer.config import Address, BackendConfig, ServiceConfig
 from balancer.health import Health
 from balancer.logs import AccessRecord, EventLog
 from balancer.pool import DOWN, ENABLED, UP, Backend, Pool
-from balancer.relay import Session, Termination
+from balancer.relay import Session, Termination, describe_error
 from balancer.shared import SharedCursor, SharedState
 from balancer.stats import BackendStats
+from balancer.stream import Listener, Stream
 
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
@@ -91,7 +92,7 @@ class Service:
         self.health_factory = health
         self.health = self._make_health()
         self.sessions: set[Session] = set()
-        self.server: asyncio.Server | None = None
+        self.server: Listener | None = None
         self.closing = False
         self.address = str(config.listen)
         self.bound: Address | None = None  # the port a supervisor reserved for its workers
@@ -106,6 +107,7 @@ class Service:
         self.refusals: Counter[str] = Counter()
         self.refusal_log: dict[str, tuple[float, int]] = {}
         self.on_recovery: Callable[[], None] | None = None  # set while accept() lacks resources
+        self.on_exhausted: Callable[[str], None] | None = None  # accept() lacks resources
         self.shared: SharedState | None = None
         self.worker_index = 0
         self.uses_load = False
@@ -170,16 +172,10 @@ class Service:
     def open_connections(self) -> int:
         return len(self.sessions) + self.remote_open
 
-    async def bind(self, listen: Address) -> asyncio.Server:
-        loop = asyncio.get_running_loop()
+    async def bind(self, listen: Address) -> Listener:
         try:
-            return await loop.create_server(
-                lambda: Session(self),
-                listen.host,
-                listen.port,
-                backlog=BACKLOG,
-                reuse_address=True,
-                reuse_port=self.worker or None,
+            sockets = await stream.listen(
+                listen.host, listen.port, backlog=BACKLOG, reuse_port=self.worker
             )
         except OSError as exc:
             reason = exc.strerror or str(exc)
@@ -188,14 +184,29 @@ class Service:
             raise StartupError(
                 f"service {self.name!r} cannot listen on {listen}: {reason.lower()}"
             ) from None
+        return Listener(asyncio.get_running_loop(), sockets, self._accepted, self._exhausted)
 
-    def _serve_on(self, server: asyncio.Server) -> None:
+    def _serve_on(self, server: Listener) -> None:
         self.server = server
         sock = server.sockets[0]
         host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+        if not self.accept_paused:
+            server.start()
         if not self.worker:
             self.announce()
+
+    def _accepted(self, sock: socket.socket, address: Any) -> None:
+        try:
+            stream.prepare(sock)
+        except OSError:
+            sock.close()  # (reset before it could be served)
+            return
+        Stream(asyncio.get_running_loop(), sock, Session(self), address).start()
+
+    def _exhausted(self, error: OSError) -> None:
+        if self.on_exhausted is not None:
+            self.on_exhausted(describe_error(error))
 
     def announce(self) -> None:
         backends = ", ".join(f"{b.key} (weight {b.weight})" for b in self.pool.backends.values())
@@ -212,7 +223,7 @@ class Service:
         self._serve_on(await self.bind(self.config.listen))
         self.health.sync()
 
-    def apply(self, config: ServiceConfig, server: asyncio.Server | None) -> None:
+    def apply(self, config: ServiceConfig, server: Listener | None) -> None:
         """Take a reloaded config; open connections continue as they are."""
         old = self.config
         self.config = config
@@ -357,10 +368,7 @@ class Service:
         if self.server is None or self.accept_paused:
             return
         self.accept_paused = True
-        loop = asyncio.get_running_loop()
-        for sock in self.server.sockets:
-            loop.remove_reader(sock.fileno())
-        self.server._serving = False  # type: ignore[attr-defined]
+        self.server.pause()
         now = time.monotonic()
         if now - self.last_pause_log >= 1.0:
             self.last_pause_log = now
@@ -379,7 +387,7 @@ class Service:
             return
         self.log.event("accept_resumed", "accepting new clients again", service=self.name)
         self.accept_paused = False
-        self.server._start_serving()  # type: ignore[attr-defined]
+        self.server.resume()
 
     def refusal(self, reason: Termination, peer: str, detail: str) -> None:
         """Count a refusal and log it, at most one line per reason per second."""

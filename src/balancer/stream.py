@@ -1,0 +1,389 @@
+"""Sockets served by callbacks: the listener's accept loop and a lean socket transport.
+
+asyncio's server runs a coroutine task for every accepted connection, and its socket transport
+keeps a dictionary of attributes and two address lookups per connection. A balancer holds two
+sockets per client, so both costs count twice. `Listener` accepts in a plain reader callback
+and hands each socket on at once; `Stream` is a transport with the same contract as asyncio's
+selector socket transport (the `asyncio.Protocol` callbacks, flow control, half-close) and only
+the state a relay needs. Both use the event loop's public `add_reader`/`add_writer`, so they
+run on any loop that has them (asyncio's selector loops, uvloop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any
+
+READ_SIZE = 256 * 1024  # bytes asked of recv() at a time (as asyncio's transports)
+HIGH_WATER = 64 * 1024  # pause the protocol's writer above this many unsent bytes
+LOW_WATER = 16 * 1024  # and resume it at or below this many
+ACCEPT_BATCH = 64  # connections accepted per wake-up, so one busy listener cannot starve the rest
+RETRY_ACCEPT = 1.0  # seconds a listener rests after accept() ran out of descriptors
+RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_AGAIN = (BlockingIOError, InterruptedError)
+
+
+class Stream(asyncio.Transport):
+    """A connected, non-blocking TCP socket serving an `asyncio.Protocol`.
+
+    Writes go to the socket at once; what the kernel does not take is kept, in order, and sent
+    when the socket is writable. Above HIGH_WATER unsent bytes the protocol's `pause_writing`
+    is called, at LOW_WATER `resume_writing`. An EOF from the peer calls `eof_received`; if
+    that returns a true value the socket stays open for writing (half-close). `connection_lost`
+    is called exactly once, on a later turn of the loop, and then the socket is closed.
+    """
+
+    __slots__ = (
+        "buffer",
+        "buffered",
+        "closing",
+        "eof_in",
+        "eof_out",
+        "fd",
+        "loop",
+        "lost",
+        "paused",
+        "peer",
+        "protocol",
+        "protocol_paused",
+        "reading",
+        "sock",
+        "writing",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.Protocol,
+        peer: Any = None,
+    ) -> None:
+        # (BaseTransport.__init__ is not called: it would give every stream a dictionary.)
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.protocol: asyncio.Protocol | None = protocol
+        self.peer = peer  # the peer's address when the caller knows it (from accept or connect)
+        self.buffer: list[bytes | memoryview] = []
+        self.buffered = 0
+        self.reading = False  # registered with the loop for readability
+        self.writing = False  # registered for writability: unsent bytes are buffered
+        self.paused = False  # the protocol asked not to be given data
+        self.eof_in = False  # the peer has sent its EOF
+        self.eof_out = False  # write_eof was called
+        self.closing = False
+        self.lost = False  # connection_lost is scheduled or done
+        self.protocol_paused = False
+
+    def start(self) -> None:
+        """Call the protocol's `connection_made`, then read unless it paused or closed us."""
+        assert self.protocol is not None
+        self.protocol.connection_made(self)
+        if not self.paused and not self.closing:
+            self.loop.add_reader(self.fd, self._read_ready)
+            self.reading = True
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _read_ready(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except _AGAIN:
+            return
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        protocol = self.protocol
+        assert protocol is not None
+        if data:
+            protocol.data_received(data)
+            return
+        self.eof_in = True
+        self._stop_reading()
+        if not protocol.eof_received():
+            self.close()
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self._stop_reading()
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        if not self.reading and not self.closing and not self.eof_in and self.protocol:
+            self.loop.add_reader(self.fd, self._read_ready)
+            self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof_out:
+            raise RuntimeError("write() after write_eof()")
+        if self.lost or not data:
+            return
+        if not self.buffer:
+            try:
+                sent = self.sock.send(data)
+            except _AGAIN:
+                sent = 0
+            except OSError as exc:
+                self._force_close(exc)
+                return
+            if sent == len(data):
+                return
+            self.loop.add_writer(self.fd, self._write_ready)
+            self.writing = True
+            data = memoryview(data)[sent:]
+        if not isinstance(data, bytes | memoryview):
+            data = bytes(data)  # (a caller may reuse its bytearray)
+        self.buffer.append(data)
+        self.buffered += len(data)
+        if self.buffered > HIGH_WATER and not self.protocol_paused and self.protocol:
+            self.protocol_paused = True
+            self.protocol.pause_writing()
+
+    def _write_ready(self) -> None:
+        buffer = self.buffer
+        while buffer:
+            data = buffer[0]
+            try:
+                sent = self.sock.send(data)
+            except _AGAIN:
+                break
+            except OSError as exc:
+                self._force_close(exc)
+                return
+            self.buffered -= sent
+            if sent < len(data):
+                buffer[0] = memoryview(data)[sent:]
+                break
+            del buffer[0]
+        if self.protocol_paused and self.buffered <= LOW_WATER and self.protocol:
+            self.protocol_paused = False
+            self.protocol.resume_writing()
+        if buffer or self.lost:
+            return
+        self._stop_writing()
+        if self.closing:
+            self._schedule_lost(None)
+        elif self.eof_out:
+            self._shutdown()
+
+    def _stop_writing(self) -> None:
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.fd)
+
+    def write_eof(self) -> None:
+        if self.eof_out or self.closing:
+            return
+        self.eof_out = True
+        if not self.buffer:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._force_close(exc)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        """Stop reading; close once what was written has been sent."""
+        if self.closing:
+            return
+        self.closing = True
+        self._stop_reading()
+        if not self.buffer:
+            self._schedule_lost(None)
+
+    def abort(self) -> None:
+        """Close now, dropping anything unsent."""
+        self._force_close(None)
+
+    def _force_close(self, exc: Exception | None) -> None:
+        if self.lost:
+            return
+        self.buffer.clear()
+        self.buffered = 0
+        self._stop_writing()
+        self.closing = True
+        self._stop_reading()
+        self._schedule_lost(exc)
+
+    def _schedule_lost(self, exc: Exception | None) -> None:
+        if not self.lost:
+            self.lost = True
+            self.loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        self._stop_reading()
+        self._stop_writing()
+        protocol, self.protocol = self.protocol, None
+        try:
+            if protocol is not None:
+                protocol.connection_lost(exc)
+        finally:
+            self.sock.close()
+
+    # -- the rest of the transport interface --------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        try:
+            if name == "peername":
+                if self.peer is None:
+                    self.peer = self.sock.getpeername()
+                return self.peer
+            if name == "sockname":
+                return self.sock.getsockname()
+        except OSError:
+            return default
+        if name == "socket":
+            return self.sock
+        return default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        raise NotImplementedError("the limits are fixed: HIGH_WATER and LOW_WATER")
+
+
+def prepare(sock: socket.socket) -> None:
+    """Make a connected socket ready for a Stream: non-blocking, and no Nagle delay."""
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+Accepted = Callable[[socket.socket, Any], None]
+
+
+class Listener:
+    """Listening sockets whose connections are accepted in a reader callback.
+
+    `accepted(sock, address)` gets each new connection; it may call `pause`, which takes effect
+    before the next accept. When accept() fails for lack of descriptors or memory, the
+    listener calls `exhausted(error)`, rests RETRY_ACCEPT seconds and tries again.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sockets: list[socket.socket],
+        accepted: Accepted,
+        exhausted: Callable[[OSError], None],
+    ) -> None:
+        self.loop = loop
+        self.sockets = sockets
+        self.accepted = accepted
+        self.exhausted = exhausted
+        self.serving = False
+        self.paused = False  # by the owner (pause/resume)
+        self.resting: asyncio.TimerHandle | None = None  # after running out of descriptors
+        self.closed = False
+
+    def start(self) -> None:
+        if self.closed or self.serving or self.paused or self.resting is not None:
+            return
+        self.serving = True
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _stop(self) -> None:
+        if self.serving:
+            self.serving = False
+            for sock in self.sockets:
+                self.loop.remove_reader(sock.fileno())
+
+    def pause(self) -> None:
+        self.paused = True
+        self._stop()
+
+    def resume(self) -> None:
+        self.paused = False
+        self.start()
+
+    def _accept(self, listening: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if not self.serving:
+                return
+            try:
+                sock, address = listening.accept()
+            except (*_AGAIN, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRORS:
+                    self._stop()
+                    self.resting = self.loop.call_later(RETRY_ACCEPT, self._rested)
+                    self.exhausted(exc)
+                return  # (anything else concerns that one connection attempt)
+            self.accepted(sock, address)
+
+    def _rested(self) -> None:
+        self.resting = None
+        self.start()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._stop()
+        self.closed = True
+        if self.resting is not None:
+            self.resting.cancel()
+            self.resting = None
+        for sock in self.sockets:
+            sock.close()
+
+
+async def listen(
+    host: str, port: int, *, backlog: int, reuse_port: bool = False
+) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address `host` names (as asyncio's
+    create_server binds them); an OSError says why one could not be bound."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in dict.fromkeys(infos):  # (in order, without repeats)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
