@@ -58,6 +58,14 @@ def main(
                 )
             )
             config_path = f.name
+        # The backends listen before the balancer starts, so none is ejected as refusing.
+        deadline = time.monotonic() + 10
+        for backend, child in zip(backend_ports, children, strict=True):
+            while not _listening(backend):
+                if child.poll() is not None or time.monotonic() > deadline:
+                    print(f"demo: backend on port {backend} did not start", file=sys.stderr)
+                    return child.poll() or 1
+                time.sleep(0.05)
         balancer = subprocess.Popen([*exe, "run", "--config", config_path])
         children.append(balancer)
         deadline = time.monotonic() + 10
