@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -21,6 +22,7 @@ from balancer.config import Address
 Done = Callable[[socket.socket | None, BaseException | None], None]
 
 
+@functools.lru_cache(maxsize=1024)
 def _family(host: str) -> socket.AddressFamily | None:
     """The address family of an IP literal; None for a host name."""
     try:
@@ -37,7 +39,7 @@ class Dial:
     is resolved on each attempt and its addresses are tried in turn, all within the timeout.
     """
 
-    __slots__ = ("address", "done", "fd", "loop", "more", "resolving", "sock", "timer")
+    __slots__ = ("address", "deadline", "done", "fd", "loop", "more", "resolving", "sock", "timer")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, address: Address, timeout: float, done: Done
@@ -49,13 +51,19 @@ class Dial:
         self.fd = -1  # registered for writability while the connect is in progress
         self.resolving: asyncio.Future[Any] | None = None
         self.more: list[tuple[Any, ...]] = []  # a host name's addresses not yet tried
-        self.timer = loop.call_later(timeout, self._timed_out)
+        self.deadline = loop.time() + timeout
+        self.timer: asyncio.TimerHandle | None = None  # set once there is something to wait for
+
+    def _wait(self) -> None:
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._timed_out)
 
     def start(self) -> None:
         family = _family(self.address.host)
         if family is not None:
             self._connect(family, (self.address.host, self.address.port))
             return
+        self._wait()
         self.resolving = asyncio.ensure_future(
             self.loop.getaddrinfo(self.address.host, self.address.port, type=socket.SOCK_STREAM),
             loop=self.loop,
@@ -79,17 +87,22 @@ class Dial:
 
     def _connect(self, family: int, sockaddr: tuple[Any, ...]) -> None:
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             self._finish(None, exc)
             return
         self.sock = sock
-        sock.setblocking(False)
         try:
             sock.connect(sockaddr)
         except (BlockingIOError, InterruptedError):
-            self.fd = sock.fileno()
-            self.loop.add_writer(self.fd, self._writable)
+            try:
+                sock.getpeername()  # (on loopback the handshake is often over already)
+            except OSError:
+                self.fd = sock.fileno()
+                self.loop.add_writer(self.fd, self._writable)
+                self._wait()
+                return
+            self._finish(sock, None)
         except OSError as exc:
             self._failed(exc)
         else:
@@ -127,7 +140,9 @@ class Dial:
 
     def _release(self, keep: bool) -> None:
         self.done = None
-        self.timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.resolving is not None:
             self.resolving.cancel()
             self.resolving = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import IO, Any
@@ -26,15 +27,23 @@ class AccessRecord:
     termination: str
 
 
+_second = (-1, "")  # the last whole second formatted, and its text
+
+
 def _timestamp(now: float) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
-    )
+    global _second
+    whole = int(now)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(whole)))
+    return f"{_second[1]}.{int(now * 1000) % 1000:03d}"
+
+
+_NEEDS_QUOTES = re.compile(r'[ "=\n]')
 
 
 def _quote(value: object) -> str:
     text = str(value)
-    if text and not any(c in text for c in ' "=\n'):
+    if text and _NEEDS_QUOTES.search(text) is None:
         return text
     return json.dumps(text)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 from balancer import proxy_protocol
 from balancer.dial import Dial
 from balancer.logs import AccessRecord
-from balancer.stream import RESOURCE_ERRORS, Stream, prepare
+from balancer.stream import RESOURCE_ERRORS, Stream, nodelay
 
 if TYPE_CHECKING:
     from balancer.pool import Backend
@@ -213,7 +213,8 @@ class Session(asyncio.Protocol):
         if self.client_open:
             self._connect()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Client bytes (a view valid only during the call: see stream.Handler)."""
         if self.reading_header:
             self._header_data(data)
             return
@@ -232,7 +233,7 @@ class Session(asyncio.Protocol):
             self.client.pause_reading()
         # else: refused, and reading the client's input only to drop it before closing
 
-    def _header_data(self, data: bytes) -> None:
+    def _header_data(self, data: bytes | memoryview) -> None:
         buffer = self.header_buffer + data
         try:
             parsed = proxy_protocol.parse(buffer)
@@ -261,13 +262,13 @@ class Session(asyncio.Protocol):
         self.client.pause_reading()
         self._admit()
 
-    def _keep_for_replay(self, data: bytes) -> None:
+    def _keep_for_replay(self, data: bytes | memoryview) -> None:
         assert self.replay is not None
         self.replay_size += len(data)
         if self.replay_size > self.service.config.passive.replay_limit:
             self.replay = None  # too much to replay: a failure from here on is final
         else:
-            self.replay.append(data)
+            self.replay.append(bytes(data))
 
     def eof_received(self) -> bool:
         if self.refusing or self.reading_header:
@@ -352,7 +353,7 @@ class Session(asyncio.Protocol):
         if sock is not None:
             self.connect_ms = (time.monotonic() - self.dial_started) * 1000.0
             try:
-                prepare(sock)
+                nodelay(sock)  # (Dial made it non-blocking)
             except OSError as error:  # (reset already)
                 sock.close()
                 exc = error
@@ -474,7 +475,7 @@ class Session(asyncio.Protocol):
 
     # -- backend side (called by Upstream) ----------------------------------------------------
 
-    def upstream_data(self, data: bytes) -> None:
+    def upstream_data(self, data: bytes | memoryview) -> None:
         if not self.bytes_out:
             self._first_answer()
         self.bytes_out += len(data)
@@ -639,7 +640,7 @@ class Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.session.upstream_made(self, cast(asyncio.Transport, transport))
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         self.session.upstream_data(data)
 
     def eof_received(self) -> bool:

@@ -15,9 +15,14 @@ import asyncio
 import errno
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-READ_SIZE = 256 * 1024  # bytes asked of recv() at a time (as asyncio's transports)
+# Every stream reads into one buffer per process and hands its handler a view of it, so a
+# chunk is never allocated and only the part the other side's socket did not take is copied.
+# 1 MiB reads nearly doubled bulk throughput over 256 KiB ones (see the README).
+READ_SIZE = 1024 * 1024
+_BUFFER = bytearray(READ_SIZE)
+_VIEW = memoryview(_BUFFER)
 HIGH_WATER = 64 * 1024  # pause the protocol's writer above this many unsent bytes
 LOW_WATER = 16 * 1024  # and resume it at or below this many
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so one busy listener cannot starve the rest
@@ -26,14 +31,32 @@ RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _AGAIN = (BlockingIOError, InterruptedError)
 
 
-class Stream(asyncio.Transport):
-    """A connected, non-blocking TCP socket serving an `asyncio.Protocol`.
+class Handler(Protocol):
+    """What a Stream serves: asyncio.Protocol's callbacks, but `data_received` gets a view
+    of the shared read buffer, valid only until it returns (copy what must be kept)."""
 
-    Writes go to the socket at once; what the kernel does not take is kept, in order, and sent
-    when the socket is writable. Above HIGH_WATER unsent bytes the protocol's `pause_writing`
-    is called, at LOW_WATER `resume_writing`. An EOF from the peer calls `eof_received`; if
-    that returns a true value the socket stays open for writing (half-close). `connection_lost`
-    is called exactly once, on a later turn of the loop, and then the socket is closed.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def data_received(self, data: memoryview) -> None: ...
+
+    def eof_received(self) -> bool | None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+
+class Stream(asyncio.Transport):
+    """A connected, non-blocking TCP socket serving a `Handler`.
+
+    Writes go to the socket at once; what the kernel does not take is copied, kept in order,
+    and sent when the socket is writable. Above HIGH_WATER unsent bytes the handler's
+    `pause_writing` is called, at LOW_WATER `resume_writing`. An EOF from the peer calls
+    `eof_received`; if that returns a true value the socket stays open for writing
+    (half-close). `connection_lost` is called exactly once, on a later turn of the loop, and
+    then the socket is closed.
     """
 
     __slots__ = (
@@ -58,14 +81,14 @@ class Stream(asyncio.Transport):
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        protocol: asyncio.Protocol,
+        protocol: Handler,
         peer: Any = None,
     ) -> None:
         # (BaseTransport.__init__ is not called: it would give every stream a dictionary.)
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.protocol: asyncio.Protocol | None = protocol
+        self.protocol: Handler | None = protocol
         self.peer = peer  # the peer's address when the caller knows it (from accept or connect)
         self.buffer: list[bytes | memoryview] = []
         self.buffered = 0
@@ -90,7 +113,7 @@ class Stream(asyncio.Transport):
 
     def _read_ready(self) -> None:
         try:
-            data = self.sock.recv(READ_SIZE)
+            size = self.sock.recv_into(_BUFFER)
         except _AGAIN:
             return
         except OSError as exc:
@@ -98,8 +121,8 @@ class Stream(asyncio.Transport):
             return
         protocol = self.protocol
         assert protocol is not None
-        if data:
-            protocol.data_received(data)
+        if size:
+            protocol.data_received(_VIEW[:size])
             return
         self.eof_in = True
         self._stop_reading()
@@ -143,11 +166,13 @@ class Stream(asyncio.Transport):
                 return
             self.loop.add_writer(self.fd, self._write_ready)
             self.writing = True
-            data = memoryview(data)[sent:]
-        if not isinstance(data, bytes | memoryview):
-            data = bytes(data)  # (a caller may reuse its bytearray)
-        self.buffer.append(data)
-        self.buffered += len(data)
+        else:
+            sent = 0
+        # Keep the rest: a view of bytes (immutable) as it is, anything else as a copy (a view
+        # of the read buffer, which the next read overwrites, or a caller's bytearray).
+        rest = memoryview(data)[sent:] if isinstance(data, bytes) else bytes(data[sent:])
+        self.buffer.append(rest)
+        self.buffered += len(rest)
         if self.buffered > HIGH_WATER and not self.protocol_paused and self.protocol:
             self.protocol_paused = True
             self.protocol.pause_writing()
@@ -262,22 +287,25 @@ class Stream(asyncio.Transport):
             return self.sock
         return default
 
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        assert isinstance(protocol, asyncio.Protocol)
+    def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
 
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self.protocol is not None
+    def get_protocol(self) -> Any:
         return self.protocol
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         raise NotImplementedError("the limits are fixed: HIGH_WATER and LOW_WATER")
 
 
-def prepare(sock: socket.socket) -> None:
-    """Make a connected socket ready for a Stream: non-blocking, and no Nagle delay."""
-    sock.setblocking(False)
+def nodelay(sock: socket.socket) -> None:
+    """No Nagle delay: a relay's writes are whole chunks, to be sent as they come."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def prepare(sock: socket.socket) -> None:
+    """Make an accepted socket ready for a Stream: non-blocking, and no Nagle delay."""
+    sock.setblocking(False)
+    nodelay(sock)
 
 
 Accepted = Callable[[socket.socket, Any], None]
