@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -181,10 +182,11 @@ class ScriptedBackend:
                 total = 0
                 while chunk := conn.recv(65536):
                     total += len(chunk)
-            elif command == b"G":  # send 1 GB, then close
+            elif command == b"G":  # send 1 GB, then close (or stop when the balancer gives up)
                 block = b"g" * (1 << 20)
-                for _ in range(1024):
-                    conn.sendall(block)
+                with contextlib.suppress(ConnectionError):
+                    for _ in range(1024):
+                        conn.sendall(block)
             elif command == b"W":  # wait for the client to vanish
                 conn.recv(1)
 
@@ -248,6 +250,34 @@ def test_misbehaving_peers_end_with_the_right_reason(cluster: Cluster) -> None:
         scripted.close()
     sent, got = results["echo"]  # type: ignore[misc]
     assert sent == got
+
+
+def test_timeout_ends_a_connection_whose_client_stopped_reading(cluster: Cluster) -> None:
+    # The backend sends 1 GB to a client that never reads: once the buffers fill, nothing
+    # moves either way, and the idle timeout must end the connection, unsent bytes and all.
+    scripted = ScriptedBackend()
+    port = free_port()
+    extra = '[services.health_check]\nenabled = false\n[services.timeouts]\nidle = "1s"'
+    cluster.balancer(
+        "--config", str(config(cluster, service("stuck", port, [scripted.port], extra)))
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"G")
+            wait_for_log(cluster.tmp / "lb.log", r"service=stuck .*termination=idle_timeout")
+            ended = False
+            deadline = time.monotonic() + 30
+            with selectors.DefaultSelector() as readable:  # read what was in flight, to the end
+                readable.register(s, selectors.EVENT_READ)
+                while not ended and time.monotonic() < deadline:
+                    if readable.select(timeout=1.0):
+                        try:
+                            ended = s.recv(1 << 20) == b""
+                        except ConnectionResetError:
+                            ended = True
+            assert ended, "the client's connection is still open"
+    finally:
+        scripted.close()
 
 
 def test_acl_and_per_client_limits(cluster: Cluster) -> None:

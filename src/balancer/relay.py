@@ -578,6 +578,11 @@ class Session(asyncio.Protocol):
             if deadline[1] is Termination.BAD_PROXY_HEADER:
                 self.service.refusal(deadline[1], self.peer, "no complete PROXY header in time")
             self.end(deadline[1])
+            # What is still unsent goes too: a peer that stopped reading would otherwise hold
+            # the connection open for ever.
+            for transport in (self.client, self.up_transport):
+                if transport is not None and transport.get_write_buffer_size():
+                    transport.abort()
         else:
             self.timer = self.loop.call_at(deadline[0], self._on_timer)
 
