@@ -7,6 +7,7 @@ grace period), SIGINT stops at once, SIGHUP reloads the config file.
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 import signal
 import sys
@@ -102,6 +103,8 @@ class Balancer:
                 service.stop()
             raise
         self._schedule_flush()
+        # What start-up made lives as long as the process: keep it out of every collection.
+        gc.freeze()
 
     def accept_exhausted(self, error: str) -> None:
         if self.exhausted_since is None:

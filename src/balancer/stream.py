@@ -105,7 +105,7 @@ class Stream(asyncio.Transport):
         """Call the protocol's `connection_made`, then read unless it paused or closed us."""
         assert self.protocol is not None
         self.protocol.connection_made(self)
-        if not self.paused and not self.closing:
+        if not self.paused and not self.closing and not self.reading:
             self.loop.add_reader(self.fd, self._read_ready)
             self.reading = True
 
