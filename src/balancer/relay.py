@@ -130,9 +130,9 @@ class Session(asyncio.Protocol):
     def __init__(self, service: Service) -> None:
         self.service = service
         self.loop = asyncio.get_running_loop()
-        self.client: asyncio.Transport | None = None
+        self.client: Stream | None = None
         self.upstream: Upstream | None = None
-        self.up_transport: asyncio.Transport | None = None
+        self.up_transport: Stream | None = None
         self.backend: Backend | None = None
         self.candidates: Iterator[Backend] | None = None
         self.attempts = 0
@@ -175,7 +175,7 @@ class Session(asyncio.Protocol):
     # -- client side ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
+        transport = cast(Stream, transport)
         self.client = transport
         self.client_open = True
         self.last_client = self.last_backend = self.accepted_at = self.loop.time()
@@ -443,7 +443,7 @@ class Session(asyncio.Protocol):
             self.timer.cancel()
         self.timer = self.loop.call_later(LINGER, self.end)
 
-    def upstream_made(self, upstream: Upstream, transport: asyncio.Transport) -> None:
+    def upstream_made(self, upstream: Upstream, transport: Stream) -> None:
         backend = upstream.backend
         self.connecting = False
         self.dialing = None
@@ -466,12 +466,12 @@ class Session(asyncio.Protocol):
         elif self.preface:
             transport.write(self.preface)
         self.preface = b""
+        self.last_client = self.last_backend = self.relaying_since = self.loop.time()
+        self._arm()
         if self.client_eof:
             transport.write_eof()
         else:
             self.client.resume_reading()
-        self.last_client = self.last_backend = self.relaying_since = self.loop.time()
-        self._arm()
 
     # -- backend side (called by Upstream) ----------------------------------------------------
 
@@ -643,7 +643,7 @@ class Upstream(asyncio.Protocol):
         self.backend = backend
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.session.upstream_made(self, cast(asyncio.Transport, transport))
+        self.session.upstream_made(self, cast(Stream, transport))
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.session.upstream_data(data)
