@@ -6,6 +6,7 @@ people can read it and `grep`/`awk` can cut it; JSON is one object per line.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -46,6 +47,12 @@ def _quote(value: object) -> str:
     if text and _NEEDS_QUOTES.search(text) is None:
         return text
     return json.dumps(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quote_name(name: str) -> str:
+    """_quote for the few names that recur on every line (services, backends, reasons)."""
+    return _quote(name)
 
 
 class EventLog:
@@ -91,6 +98,17 @@ class EventLog:
         return " ".join(parts)
 
     def access(self, record: AccessRecord) -> None:
+        if not self.json:  # (the same line as _line makes, in one step: one per connection)
+            self._write(
+                f"{_timestamp(time.time())} access service={_quote_name(record.service)} "
+                f"client={_quote(record.client)} backend={_quote_name(record.backend)} "
+                f"connect_ms={round(record.connect_ms, 3)} "
+                f"duration_ms={round(record.duration_ms, 3)} bytes_in={record.bytes_in} "
+                f"bytes_out={record.bytes_out} retries={record.retries} "
+                f"termination={_quote_name(record.termination)}",
+                flush=False,
+            )
+            return
         fields = {
             "service": record.service,
             "client": record.client,

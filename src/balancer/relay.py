@@ -127,9 +127,9 @@ class Session(asyncio.Protocol):
         "upstream",
     )
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, loop: asyncio.AbstractEventLoop) -> None:
         self.service = service
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
         self.client: Stream | None = None
         self.upstream: Upstream | None = None
         self.up_transport: Stream | None = None

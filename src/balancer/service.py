@@ -93,6 +93,7 @@ class Service:
         self.health = self._make_health()
         self.sessions: set[Session] = set()
         self.server: Listener | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by bind
         self.closing = False
         self.address = str(config.listen)
         self.bound: Address | None = None  # the port a supervisor reserved for its workers
@@ -184,7 +185,8 @@ class Service:
             raise StartupError(
                 f"service {self.name!r} cannot listen on {listen}: {reason.lower()}"
             ) from None
-        return Listener(asyncio.get_running_loop(), sockets, self._accepted, self._exhausted)
+        self.loop = asyncio.get_running_loop()
+        return Listener(self.loop, sockets, self._accepted, self._exhausted)
 
     def _serve_on(self, server: Listener) -> None:
         self.server = server
@@ -202,7 +204,9 @@ class Service:
         except OSError:
             sock.close()  # (reset before it could be served)
             return
-        Stream(asyncio.get_running_loop(), sock, Session(self), address).start()
+        loop = self.loop
+        assert loop is not None
+        Stream(loop, sock, Session(self, loop), address).start()
 
     def _exhausted(self, error: OSError) -> None:
         if self.on_exhausted is not None:
