@@ -54,6 +54,7 @@ class Poller:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.epoll = select.epoll()
         self.streams: dict[int, Stream] = {}
+        self.lost: list[tuple[Stream, Exception | None]] = []  # to be told on the next turn
         loop.add_reader(self.epoll.fileno(), self._dispatch)
 
     def watch(self, stream: Stream, read: bool, write: bool) -> None:
@@ -74,6 +75,23 @@ class Poller:
         if self.streams.get(stream.fd) is stream:
             del self.streams[stream.fd]
 
+    def lose(self, loop: asyncio.AbstractEventLoop, stream: Stream, exc: Exception | None) -> None:
+        """Call the stream's `_connection_lost` on the loop's next turn (one callback for all
+        the streams that end in this turn)."""
+        self.lost.append((stream, exc))
+        if len(self.lost) == 1:
+            loop.call_soon(self._lose, loop)
+
+    def _lose(self, loop: asyncio.AbstractEventLoop) -> None:
+        lost, self.lost = self.lost, []
+        for stream, exc in lost:
+            try:
+                stream._connection_lost(exc)
+            except Exception as error:  # (the others must still be told and closed)
+                loop.call_exception_handler(
+                    {"message": "error in connection_lost", "exception": error}
+                )
+
     def _dispatch(self) -> None:
         streams = self.streams
         for fd, events in self.epoll.poll(0, POLL_BATCH):
@@ -86,9 +104,7 @@ class Poller:
                 stream._write_ready()
 
 
-_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Poller] = (
-    weakref.WeakKeyDictionary()
-)
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Poller] = weakref.WeakKeyDictionary()
 
 
 def poller(loop: asyncio.AbstractEventLoop) -> Poller:
@@ -335,7 +351,7 @@ class Stream(asyncio.Transport):
             # that find the stream forgotten.
             self.reading = self.writing = False
             self.poller.forget(self)
-            self.loop.call_soon(self._connection_lost, exc)
+            self.poller.lose(self.loop, self, exc)
 
     def _connection_lost(self, exc: Exception | None) -> None:
         protocol, self.protocol = self.protocol, None
