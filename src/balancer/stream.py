@@ -447,11 +447,13 @@ class Listener:
         self.start()
 
     def _accept(self, listening: socket.socket) -> None:
+        # (socket.accept would convert the family and type to enums for every connection)
+        family = int(listening.family)
         for _ in range(ACCEPT_BATCH):
             if not self.serving:
                 return
             try:
-                sock, address = listening.accept()
+                fd, address = listening._accept()  # type: ignore[attr-defined]
             except (*_AGAIN, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -460,7 +462,7 @@ class Listener:
                     self.resting = self.loop.call_later(RETRY_ACCEPT, self._rested)
                     self.exhausted(exc)
                 return  # (anything else concerns that one connection attempt)
-            self.accepted(sock, address)
+            self.accepted(socket.socket(family, socket.SOCK_STREAM, 0, fd), address)
 
     def _rested(self) -> None:
         self.resting = None
