@@ -470,7 +470,7 @@ class Session(asyncio.Protocol):
         self._arm()
         if self.client_eof:
             transport.write_eof()
-        else:
+        elif not transport.protocol_paused:  # (else Upstream.resume_writing resumes it)
             self.client.resume_reading()
 
     # -- backend side (called by Upstream) ----------------------------------------------------

@@ -190,7 +190,11 @@ class Stream(asyncio.Transport):
     def start(self) -> None:
         """Call the protocol's `connection_made`, then read unless it paused or closed us."""
         assert self.protocol is not None
-        self.protocol.connection_made(self)
+        try:
+            self.protocol.connection_made(self)
+        except Exception as exc:
+            self._handler_failed(exc)
+            return
         if not self.paused and not self.closing and not self.reading:
             self.reading = True
             self.poller.watch(self, True, self.writing)
@@ -207,14 +211,26 @@ class Stream(asyncio.Transport):
             return
         protocol = self.protocol
         assert protocol is not None
-        if size:
-            protocol.data_received(_VIEW[:size])
+        try:
+            if size:
+                protocol.data_received(_VIEW[:size])
+                return
+            self.eof_in = True
+            if not protocol.eof_received():
+                self.close()
+        except Exception as exc:
+            self._handler_failed(exc)
             return
-        self.eof_in = True
-        if not protocol.eof_received():
-            self.close()
         if not self.lost:  # (a closed stream needs no epoll_ctl: see _schedule_lost)
             self._stop_reading()
+
+    def _handler_failed(self, exc: Exception) -> None:
+        """A handler raised: report it and close this connection (as asyncio's transports
+        do), so that it cannot stay open with no one serving it."""
+        self.loop.call_exception_handler(
+            {"message": "error in a connection's handler", "exception": exc, "transport": self}
+        )
+        self._force_close(exc)
 
     def _stop_reading(self) -> None:
         if self.reading:
@@ -282,7 +298,11 @@ class Stream(asyncio.Transport):
             del buffer[0]
         if self.protocol_paused and self.buffered <= LOW_WATER and self.protocol:
             self.protocol_paused = False
-            self.protocol.resume_writing()
+            try:
+                self.protocol.resume_writing()
+            except Exception as exc:
+                self._handler_failed(exc)
+                return
         if buffer or self.lost:
             return
         if self.closing:
@@ -462,7 +482,14 @@ class Listener:
                     self.resting = self.loop.call_later(RETRY_ACCEPT, self._rested)
                     self.exhausted(exc)
                 return  # (anything else concerns that one connection attempt)
-            self.accepted(socket.socket(family, socket.SOCK_STREAM, 0, fd), address)
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            try:
+                self.accepted(sock, address)
+            except Exception as exc:  # (report it; the other connections go on)
+                sock.close()
+                self.loop.call_exception_handler(
+                    {"message": "error in accepting a connection", "exception": exc}
+                )
 
     def _rested(self) -> None:
         self.resting = None
