@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 # Every stream reads into one buffer per process and hands its handler a view of it, so a
 # chunk is never allocated and only the part the other side's socket did not take is copied.
-# 1 MiB reads nearly doubled bulk throughput over 256 KiB ones (see the README).
+# 1 MiB reads made bulk transfers about 1.5 times as fast as 256 KiB ones (see the README).
 READ_SIZE = 1024 * 1024
 _BUFFER = bytearray(READ_SIZE)
 _VIEW = memoryview(_BUFFER)
