@@ -195,9 +195,8 @@ class Stream(asyncio.Transport):
         except Exception as exc:
             self._handler_failed(exc)
             return
-        if not self.paused and not self.closing and not self.reading:
-            self.reading = True
-            self.poller.watch(self, True, self.writing)
+        if not self.paused and not self.closing:
+            self._start_reading()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -232,6 +231,11 @@ class Stream(asyncio.Transport):
         )
         self._force_close(exc)
 
+    def _start_reading(self) -> None:
+        if not self.reading:
+            self.reading = True
+            self.poller.watch(self, True, self.writing)
+
     def _stop_reading(self) -> None:
         if self.reading:
             self.reading = False
@@ -243,9 +247,8 @@ class Stream(asyncio.Transport):
 
     def resume_reading(self) -> None:
         self.paused = False
-        if not self.reading and not self.closing and not self.eof_in and self.protocol:
-            self.reading = True
-            self.poller.watch(self, True, self.writing)
+        if not self.closing and not self.eof_in and self.protocol:
+            self._start_reading()
 
     def is_reading(self) -> bool:
         return self.reading
