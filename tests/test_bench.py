@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import balancer_cmd, require_tool
 
-from balancer.bench import STREAM_MODULE, Params, Results, metrics, parse_wrk, render
+from balancer.bench import STREAM_MODULE, TARGETS, Params, Results, metrics, parse_wrk, render
 
 WRK_OUTPUT = """\
 Running 5s test @ http://127.0.0.1:40000/
@@ -89,6 +89,37 @@ def test_report_format_is_stable() -> None:
     assert "| keep-alive relay (wrk -t1 -c50) | 0.50 | 0.25 | 0.25 | 0.50 | 0.50 |" in lines
     assert "| RSS with 8,000 idle connections | MiB | lower | - | - | - | - |" in lines
     assert len(metrics(params)) == len(ROW_KEYS)
+
+
+def test_floor_column_only_when_asked_for() -> None:
+    results = Results()
+    results.samples = [
+        {"run": 1, "workload": "keepalive", "target": t, "metrics": {"keepalive_rps": rps}}
+        for t, rps in (("direct", 40000.0), ("haproxy", 20000.0), ("balancer", 15000.0))
+    ] + [
+        {
+            "run": 1,
+            "workload": "keepalive",
+            "target": "floor",
+            "metrics": {"keepalive_rps": 20000.0},
+        }
+    ]
+    meta = {"cpus": 2, "kernel": "6.1", "python": "3.11.2", "versions": {}, "nofile": 20000}
+    default = render(results, Params(), meta, {}).splitlines()
+    assert "| workload | unit | better | direct | haproxy | nginx | balancer |" in default
+    assert not any("floor" in line for line in default)
+
+    lines = render(results, Params(targets=TARGETS), meta, {}).splitlines()
+    assert "| workload | unit | better | direct | haproxy | nginx | balancer | floor |" in lines
+    assert (
+        "| keep-alive relay (wrk -t1 -c50) | requests/s | higher | 40,000 | 20,000 | - | 15,000 "
+        "| 20,000 |" in lines
+    )
+    assert any(
+        line.startswith("| workload | ") and line.endswith("| floor / haproxy | balancer / floor |")
+        for line in lines
+    )
+    assert "| keep-alive relay (wrk -t1 -c50) | 0.50 | - | 0.38 | - | 0.75 | 1.00 | 0.75 |" in lines
 
 
 def test_soak_report_format() -> None:

@@ -7,6 +7,8 @@ Everything runs on 127.0.0.1 with ports from the OS, in a temporary directory re
 - targets: `direct` (wrk straight to one backend port), `haproxy` (mode tcp, nbthread 1,
   roundrobin), `nginx` (stream module, worker_processes 1) and `balancer` (`balancer run`,
   one process unless `--balancer-args` says otherwise), each balancing over both ports;
+  and, only when asked for, `floor` (`balancer.floor`: the least work a relay written in Python
+  can do, no features, to show how much of a gap is Python's own cost);
 - workloads, each run against each target, interleaved run by run: keep-alive relay (wrk
   -t1 -c50), new connections (wrk -t1 -c50 with `Connection: close`), bulk download (one
   connection reading the big file), latency percentiles (wrk -t1 -c10 --latency), CPU time
@@ -47,7 +49,8 @@ from types import FrameType
 from typing import IO, Any
 
 HOST = "127.0.0.1"
-TARGETS = ("direct", "haproxy", "nginx", "balancer")
+TARGETS = ("direct", "haproxy", "nginx", "balancer", "floor")
+DEFAULT_TARGETS = TARGETS[:4]  # (the report always has their columns; floor's when asked for)
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -136,7 +139,7 @@ class Params:
     runs: int = 3
     duration: int = 5
     quick: bool = False
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = DEFAULT_TARGETS
     balancer_args: tuple[str, ...] = ()
     idle_connections: int = IDLE_CONNECTIONS
     big_size: int = BIG_SIZE
@@ -192,9 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--targets",
         type=_targets,
-        default=TARGETS,
+        default=DEFAULT_TARGETS,
         metavar="LIST",
-        help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
+        help=f"comma-separated subset of {','.join(TARGETS)} (default {','.join(DEFAULT_TARGETS)})",
     )
     parser.add_argument(
         "--balancer-args",
@@ -781,7 +784,7 @@ class Bench:
         os.truncate(www / "big", self.params.big_size)  # sparse: all zeros, no disk
         for sub in ("backend", "stream"):
             (self.tmp / sub).mkdir()
-        ports = free_ports(5)
+        ports = free_ports(len(TARGETS) + 1)
         self.backend_ports = ports[:2]
         conf = self.tmp / "backend" / "nginx.conf"
         conf.write_text(nginx_backend_conf(self.tmp, self.backend_ports, www, self.as_root))
@@ -801,6 +804,7 @@ class Bench:
             "haproxy": self._start_haproxy,
             "nginx": self._start_stream,
             "balancer": self._start_balancer,
+            "floor": self._start_floor,
         }
         for name, port in zip(TARGETS, [self.backend_ports[0], *ports[2:]], strict=True):
             if name not in self.params.targets:
@@ -854,6 +858,12 @@ class Bench:
             *self.params.balancer_args,
         ]
         return self.children.start("balancer", args)
+
+    def _start_floor(self, port: int) -> subprocess.Popen[bytes]:
+        ports = [str(p) for p in self.backend_ports]
+        return self.children.start(
+            "floor", [sys.executable, "-m", "balancer.floor", str(port), *ports]
+        )
 
     def skip(self, name: str, why: str) -> None:
         self.skipped[name] = why.splitlines()[0]
@@ -1070,13 +1080,23 @@ RATIOS = (
     ("nginx", "haproxy"),
     ("balancer", "haproxy"),
 )
+FLOOR_RATIOS = (("floor", "haproxy"), ("balancer", "floor"))  # (when floor was asked for)
+
+
+def columns(params: Params) -> list[str]:
+    """The targets the report has a column for."""
+    return [t for t in TARGETS if t in DEFAULT_TARGETS or t in params.targets]
+
+
+def ratio_pairs(params: Params) -> tuple[tuple[str, str], ...]:
+    return RATIOS + (FLOOR_RATIOS if "floor" in params.targets else ())
 
 
 def ratios(results: Results, params: Params) -> dict[str, dict[str, float | None]]:
     table: dict[str, dict[str, float | None]] = {}
     for metric in metrics(params):
         row: dict[str, float | None] = {}
-        for top, bottom in RATIOS:
+        for top, bottom in ratio_pairs(params):
             a, b = results.median(top, metric.key), results.median(bottom, metric.key)
             row[f"{top}/{bottom}"] = a / b if a is not None and b else None
         table[metric.key] = row
@@ -1107,25 +1127,30 @@ def render(
         + ("; quick mode" if params.quick else ""),
         "- backends: one nginx (worker_processes 1) on two ports; direct = wrk straight to one",
         f"- peers: HAProxy (mode tcp, nbthread 1), nginx stream (worker_processes 1), `{balancer}`",
+        *(
+            ["- floor: `python -m balancer.floor`, a relay with no features, Python's own cost"]
+            if "floor" in params.targets
+            else []
+        ),
         f"- memory: {params.idle_connections:,} idle relayed connections, once per target after "
         f"the timed runs; open-file limit {meta['nofile']}",
         "",
-        "| workload | unit | better | direct | haproxy | nginx | balancer |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| workload | unit | better | " + " | ".join(columns(params)) + " |",
+        "|---|---|---|" + "---:|" * len(columns(params)),
     ]
     for metric in metrics(params):
-        cells = [_format(results.median(t, metric.key), metric.digits) for t in TARGETS]
+        cells = [_format(results.median(t, metric.key), metric.digits) for t in columns(params)]
         lines.append(
             f"| {metric.label} | {metric.unit} | {metric.better} | " + " | ".join(cells) + " |"
         )
     lines += [
         "",
-        "| workload | " + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |",
-        "|---|" + "---:|" * len(RATIOS),
+        "| workload | " + " | ".join(f"{a} / {b}" for a, b in ratio_pairs(params)) + " |",
+        "|---|" + "---:|" * len(ratio_pairs(params)),
     ]
     table = ratios(results, params)
     for metric in metrics(params):
-        cells = [_format(table[metric.key][f"{a}/{b}"], 2) for a, b in RATIOS]
+        cells = [_format(table[metric.key][f"{a}/{b}"], 2) for a, b in ratio_pairs(params)]
         lines.append(f"| {metric.label} | " + " | ".join(cells) + " |")
     notes = [f"{name} skipped: {why}" for name, why in skipped.items()] + results.notes
     if notes:
@@ -1187,7 +1212,9 @@ def to_json(
         "samples": results.samples,
         "memory": results.memory,
         "soak": results.soak,
-        "medians": {t: {m.key: results.median(t, m.key) for m in metrics(params)} for t in TARGETS},
+        "medians": {
+            t: {m.key: results.median(t, m.key) for m in metrics(params)} for t in columns(params)
+        },
         "ratios": ratios(results, params),
         "notes": results.notes,
     }

@@ -20,6 +20,7 @@ import asyncio
 import errno
 import select
 import socket
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -416,9 +417,15 @@ def nodelay(sock: socket.socket) -> None:
 
 
 def prepare(sock: socket.socket) -> None:
-    """Make an accepted socket ready for a Stream: non-blocking, and no Nagle delay."""
+    """Make an accepted socket ready for a Stream: non-blocking. (It has no Nagle delay
+    already: an accepted socket inherits TCP_NODELAY from its listener on Linux, and `listen`
+    sets it there; elsewhere it is set here.)"""
     sock.setblocking(False)
-    nodelay(sock)
+    if not _NODELAY_INHERITED:
+        nodelay(sock)
+
+
+_NODELAY_INHERITED = sys.platform == "linux"
 
 
 Accepted = Callable[[socket.socket, Any], None]
@@ -529,6 +536,7 @@ async def listen(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            nodelay(sock)  # (passed on to every accepted socket: see prepare)
             sock.bind(address)
             sock.listen(backlog)
             sock.setblocking(False)
