@@ -4,7 +4,7 @@ This is not a load balancer and nothing else uses it. It has no configuration, h
 retries, timeouts, limits, logs or metrics: one epoll loop, round robin over backend ports on
 127.0.0.1, 1 MiB reads into one buffer, each chunk sent straight to the other socket. What a
 socket does not take is kept, and its source is not read until that is sent. An EOF or error on
-either side closes both sides once their pending bytes are sent (enough for the harness's HTTP
+either side closes both sides, each once its pending bytes are sent (enough for the harness's HTTP
 workloads; no half-close). Its figures in the harness show how much of the gap to HAProxy is
 Python's own cost rather than the balancer's features.
 
@@ -133,18 +133,14 @@ class Relay:
         self.watch(side.other)
 
     def close(self, side: Side) -> None:
-        """End the pair, after what each side still has to send."""
+        """End the pair: each side is closed as soon as it has sent what it still has."""
         for s in (side, side.other):
             s.reading = False
             s.closing = True
-        if side.pending or side.other.pending:
-            for s in (side, side.other):
-                if s.fd in self.sides:
-                    self.watch(s)
-            return
-        for s in (side, side.other):
-            if self.sides.pop(s.fd, None) is not None:
-                s.sock.close()
+            if s.pending:
+                self.watch(s)
+            elif self.sides.pop(s.fd, None) is not None:
+                s.sock.close()  # (also out of the epoll set, which reports hang-ups regardless)
 
 
 def main(argv: list[str]) -> None:
