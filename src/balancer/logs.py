@@ -28,6 +28,21 @@ class AccessRecord:
     termination: str
 
 
+def access_fields(record: AccessRecord) -> dict[str, Any]:
+    """An access line's fields, in the order the line gives them."""
+    return {
+        "service": record.service,
+        "client": record.client,
+        "backend": record.backend,
+        "connect_ms": round(record.connect_ms, 3),
+        "duration_ms": round(record.duration_ms, 3),
+        "bytes_in": record.bytes_in,
+        "bytes_out": record.bytes_out,
+        "retries": record.retries,
+        "termination": record.termination,
+    }
+
+
 _second = (-1, "")  # the last whole second formatted, and its text
 
 
@@ -109,18 +124,7 @@ class EventLog:
                 flush=False,
             )
             return
-        fields = {
-            "service": record.service,
-            "client": record.client,
-            "backend": record.backend,
-            "connect_ms": round(record.connect_ms, 3),
-            "duration_ms": round(record.duration_ms, 3),
-            "bytes_in": record.bytes_in,
-            "bytes_out": record.bytes_out,
-            "retries": record.retries,
-            "termination": record.termination,
-        }
-        self._write(self._line("access", fields), flush=False)
+        self._write(self._line("access", access_fields(record)), flush=False)
 
     def event(self, event: str, message: str, **fields: Any) -> None:
         """A state change: start, stop, backend added/removed/up/down, reload, ..."""
