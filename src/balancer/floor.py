@@ -31,7 +31,7 @@ class Side:
         self.sock = sock
         self.fd = sock.fileno()
         self.other: Side = self
-        self.pending = b""  # bytes the socket did not take yet
+        self.pending = b""  # bytes the socket did not take yet (the other side is not read)
         self.reading = True
         self.closing = False  # close (both sides) once `pending` is sent
 
@@ -96,9 +96,6 @@ class Relay:
         other = side.other
         if not size:
             self.close(side)
-            return
-        if other.pending:  # (it is not read while the other side is behind: a spurious wake)
-            other.pending += _VIEW[:size]
             return
         try:
             sent = other.sock.send(_VIEW[:size])

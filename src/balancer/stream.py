@@ -416,6 +416,9 @@ def nodelay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+_NODELAY_INHERITED = sys.platform == "linux"
+
+
 def prepare(sock: socket.socket) -> None:
     """Make an accepted socket ready for a Stream: non-blocking. (It has no Nagle delay
     already: an accepted socket inherits TCP_NODELAY from its listener on Linux, and `listen`
@@ -423,9 +426,6 @@ def prepare(sock: socket.socket) -> None:
     sock.setblocking(False)
     if not _NODELAY_INHERITED:
         nodelay(sock)
-
-
-_NODELAY_INHERITED = sys.platform == "linux"
 
 
 Accepted = Callable[[socket.socket, Any], None]
