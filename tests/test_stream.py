@@ -8,14 +8,14 @@ import socket
 from balancer import stream
 
 
-async def _accept_one() -> tuple[socket.socket, socket.socket]:
+async def _accept_one() -> tuple[socket.SocketType, socket.socket]:
     """A connection accepted by a `stream.Listener` and made ready by `stream.prepare`, with
     the client's end."""
     loop = asyncio.get_running_loop()
     sockets = await stream.listen("127.0.0.1", 0, backlog=8)
-    accepted: asyncio.Future[socket.socket] = loop.create_future()
+    accepted: asyncio.Future[socket.SocketType] = loop.create_future()
 
-    def on_accept(sock: socket.socket, address: object) -> None:
+    def on_accept(sock: socket.SocketType, address: object) -> None:
         stream.prepare(sock)
         accepted.set_result(sock)
 
@@ -34,8 +34,11 @@ async def _accept_one() -> tuple[socket.socket, socket.socket]:
 def test_accepted_socket_is_non_blocking_without_nagle_delay() -> None:
     async def main() -> tuple[int, bool]:
         server, client = await _accept_one()
-        with server, client:
+        try:
             return server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), server.getblocking()
+        finally:
+            server.close()  # (the C socket type has no context manager)
+            client.close()
 
     nodelay, blocking = asyncio.run(main())
     assert nodelay != 0

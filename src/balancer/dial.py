@@ -19,7 +19,7 @@ from typing import Any
 
 from balancer.config import Address
 
-Done = Callable[[socket.socket | None, BaseException | None], None]
+Done = Callable[[socket.SocketType | None, BaseException | None], None]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -47,7 +47,7 @@ class Dial:
         self.loop = loop
         self.address = address
         self.done: Done | None = done
-        self.sock: socket.socket | None = None
+        self.sock: socket.SocketType | None = None
         self.fd = -1  # registered for writability while the connect is in progress
         self.resolving: asyncio.Future[Any] | None = None
         self.more: list[tuple[Any, ...]] = []  # a host name's addresses not yet tried
@@ -87,7 +87,8 @@ class Dial:
 
     def _connect(self, family: int, sockaddr: tuple[Any, ...]) -> None:
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            # (the C type, as for accepted sockets: see stream.Listener._accept)
+            sock = socket.SocketType(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             self._finish(None, exc)
             return
@@ -128,7 +129,7 @@ class Dial:
     def _timed_out(self) -> None:
         self._finish(None, TimeoutError())
 
-    def _finish(self, sock: socket.socket | None, exc: BaseException | None) -> None:
+    def _finish(self, sock: socket.SocketType | None, exc: BaseException | None) -> None:
         done = self.done
         self._release(keep=sock is not None)
         if done is not None:

@@ -58,6 +58,8 @@ _NEEDS_QUOTES = re.compile(r'[ "=\n]')
 
 
 def _quote(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"  # (the only floats are times in milliseconds: to the microsecond)
     text = str(value)
     if text and _NEEDS_QUOTES.search(text) is None:
         return text
@@ -117,8 +119,8 @@ class EventLog:
             self._write(
                 f"{_timestamp(time.time())} access service={_quote_name(record.service)} "
                 f"client={_quote(record.client)} backend={_quote_name(record.backend)} "
-                f"connect_ms={round(record.connect_ms, 3)} "
-                f"duration_ms={round(record.duration_ms, 3)} bytes_in={record.bytes_in} "
+                f"connect_ms={record.connect_ms:.3f} "
+                f"duration_ms={record.duration_ms:.3f} bytes_in={record.bytes_in} "
                 f"bytes_out={record.bytes_out} retries={record.retries} "
                 f"termination={_quote_name(record.termination)}",
                 flush=False,

@@ -108,6 +108,7 @@ class Session(asyncio.Protocol):
         "last_backend",
         "last_client",
         "last_error",
+        "linger",
         "loop",
         "peer",
         "preface",
@@ -122,7 +123,7 @@ class Session(asyncio.Protocol):
         "source",
         "started",
         "termination",
-        "timer",
+        "tick",
         "up_transport",
         "upstream",
     )
@@ -162,7 +163,8 @@ class Session(asyncio.Protocol):
         self.last_client = 0.0
         self.last_backend = 0.0
         self.relaying_since = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.tick = 0  # the tick of service.wheel this session waits in (0: none)
+        self.linger: asyncio.TimerHandle | None = None  # a refused client's last seconds
         self.connecting = False  # dialing, queued, or waiting for the backend's transport
         self.dial: Dial | None = None
         self.dialing: Backend | None = None  # the backend being dialed, until upstream_made
@@ -346,7 +348,7 @@ class Session(asyncio.Protocol):
             service.log_no_backend(self, self.last_error)
         self._refuse(Termination.CONNECT_FAILED if self.attempts else Termination.NO_BACKEND)
 
-    def _dialed(self, sock: socket.socket | None, exc: BaseException | None) -> None:
+    def _dialed(self, sock: socket.SocketType | None, exc: BaseException | None) -> None:
         backend = self.dialing
         assert backend is not None
         self.dial = None
@@ -439,9 +441,9 @@ class Session(asyncio.Protocol):
             client.write(message)
         client.write_eof()
         client.resume_reading()
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(LINGER, self.end)
+        self._disarm()
+        if self.linger is None:
+            self.linger = self.loop.call_later(LINGER, self.end)
 
     def upstream_made(self, upstream: Upstream, transport: Stream) -> None:
         backend = upstream.backend
@@ -541,36 +543,36 @@ class Session(asyncio.Protocol):
     def _deadline(self) -> tuple[float, Termination] | None:
         """The earliest timeout that applies now, and the reason it would end the connection."""
         timeouts = self.service.config.timeouts
-        deadlines = []
         if self.reading_header:
             wait = timeouts.client_first_byte or timeouts.connect
-            deadlines.append((self.accepted_at + wait, Termination.BAD_PROXY_HEADER))
-        elif self.upstream is not None:
-            if self.awaiting_first_byte and timeouts.client_first_byte:
-                deadlines.append(
-                    (
-                        self.relaying_since + timeouts.client_first_byte,
-                        Termination.FIRST_BYTE_TIMEOUT,
-                    )
-                )
-            last = max(self.last_client, self.last_backend)
-            deadlines.append((last + timeouts.idle, Termination.IDLE_TIMEOUT))
-            if timeouts.client:
-                deadlines.append((self.last_client + timeouts.client, Termination.CLIENT_TIMEOUT))
-            if timeouts.server:
-                deadlines.append((self.last_backend + timeouts.server, Termination.SERVER_TIMEOUT))
-        return min(deadlines) if deadlines else None
+            return self.accepted_at + wait, Termination.BAD_PROXY_HEADER
+        if self.upstream is None:
+            return None
+        last_client, last_backend = self.last_client, self.last_backend
+        deadline = (max(last_client, last_backend) + timeouts.idle, Termination.IDLE_TIMEOUT)
+        if timeouts.client:
+            deadline = min(deadline, (last_client + timeouts.client, Termination.CLIENT_TIMEOUT))
+        if timeouts.server:
+            deadline = min(deadline, (last_backend + timeouts.server, Termination.SERVER_TIMEOUT))
+        if self.awaiting_first_byte and timeouts.client_first_byte:
+            first = self.relaying_since + timeouts.client_first_byte
+            deadline = min(deadline, (first, Termination.FIRST_BYTE_TIMEOUT))
+        return deadline
 
     def _arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._disarm()
         deadline = self._deadline()
         if deadline is not None:
-            self.timer = self.loop.call_at(deadline[0], self._on_timer)
+            self.tick = self.service.wheel.add(self, deadline[0])
 
-    def _on_timer(self) -> None:
-        self.timer = None
+    def _disarm(self) -> None:
+        if self.tick:
+            self.service.wheel.remove(self, self.tick)
+            self.tick = 0
+
+    def expired(self) -> None:
+        """The wheel's tick for this session came: end it if a deadline has passed."""
+        self.tick = 0
         deadline = self._deadline()
         if deadline is None:
             return
@@ -584,7 +586,7 @@ class Session(asyncio.Protocol):
                 if transport is not None and transport.get_write_buffer_size():
                     transport.abort()
         else:
-            self.timer = self.loop.call_at(deadline[0], self._on_timer)
+            self.tick = self.service.wheel.add(self, deadline[0])
 
     # -- ending -----------------------------------------------------------------------------
 
@@ -602,8 +604,9 @@ class Session(asyncio.Protocol):
         if self.finished or self.client_open or self.backend_open or self.connecting:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
+        self._disarm()
+        if self.linger is not None:
+            self.linger.cancel()
         backend = self.backend
         if backend is not None:
             self.service.release(backend)
@@ -630,7 +633,7 @@ class Session(asyncio.Protocol):
         self.up_transport = None
         self.client = None
         self.candidates = None
-        self.timer = None
+        self.linger = None
 
 
 class Upstream(asyncio.Protocol):

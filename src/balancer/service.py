@@ -25,6 +25,7 @@ from balancer.relay import Session, Termination, describe_error
 from balancer.shared import SharedCursor, SharedState
 from balancer.stats import BackendStats
 from balancer.stream import Listener, Stream
+from balancer.wheel import Wheel
 
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
@@ -92,6 +93,7 @@ class Service:
         self.health_factory = health
         self.health = self._make_health()
         self.sessions: set[Session] = set()
+        self.wheel = Wheel()  # the sessions' timeouts
         self.server: Listener | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by bind
         self.closing = False
@@ -198,7 +200,7 @@ class Service:
         if not self.worker:
             self.announce()
 
-    def _accepted(self, sock: socket.socket, address: Any) -> None:
+    def _accepted(self, sock: socket.SocketType, address: Any) -> None:
         try:
             stream.prepare(sock)
         except OSError:
@@ -436,9 +438,10 @@ class Service:
         elif session in self.waiting:
             self.waiting.remove(session)
         self.accepted += 1
-        self.stats.record(record.connect_ms, record.duration_ms, record.termination)
+        connect_us, duration_us = int(record.connect_ms * 1000), int(record.duration_ms * 1000)
+        self.stats.record(connect_us, duration_us, record.termination)
         if session.backend is not None:
-            session.backend.stats.record(record.connect_ms, record.duration_ms, record.termination)
+            session.backend.stats.record(connect_us, duration_us, record.termination)
         self.log.access(record)
 
     def live_bytes(self) -> dict[Backend, tuple[int, int]]:

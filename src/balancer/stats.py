@@ -32,41 +32,54 @@ BUCKETS = (
     60.0,
     300.0,
 )
+BOUNDS_US = tuple(round(bound * 1e6) for bound in BUCKETS)
+HIGHEST_US = 3_600_000_000  # an hour: the HDR histogram's range is 1 us to this
 PERCENTILES = (50, 90, 99)
 
 
 class Timing:
-    """A distribution of durations, in seconds."""
+    """A distribution of durations, to the microsecond."""
 
-    __slots__ = ("_hdr", "buckets", "count", "pending", "sum")
+    __slots__ = ("_hdr", "buckets", "pending", "sum_us")
 
     def __init__(self) -> None:
         self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
-        self.count = 0
-        self.sum = 0.0
-        self._hdr = HdrHistogram(1, 3_600_000_000, 2)  # microseconds, up to an hour
+        self.sum_us = 0
+        self._hdr = HdrHistogram(1, HIGHEST_US, 2)
         # Values not yet in the HDR histogram, as {value: count}. Each is cut to its top 8
         # bits, which is the precision a 2-digit HDR histogram keeps anyway, so they fall in
         # few keys; they are added when the histogram is read. (HdrHistogram.record_value
         # is pure Python and was the dearest step of finishing a connection.)
         self.pending: dict[int, int] = {}
 
-    def record(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.count += 1
-        self.sum += seconds
-        value = max(1, min(int(seconds * 1e6), 3_600_000_000))
-        shift = value.bit_length() - 8
+    def record_us(self, us: int) -> None:
+        """Record a duration of `us` microseconds (as an int: it is a dictionary key)."""
+        self.buckets[bisect.bisect_left(BOUNDS_US, us)] += 1
+        self.sum_us += us
+        shift = us.bit_length() - 8
         if shift > 0:
-            value = value >> shift << shift
-        self.pending[value] = self.pending.get(value, 0) + 1
+            us = us >> shift << shift
+        pending = self.pending
+        pending[us] = pending.get(us, 0) + 1
+
+    def record(self, seconds: float) -> None:
+        self.record_us(int(seconds * 1e6))
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
+
+    @property
+    def sum(self) -> float:
+        """In seconds."""
+        return self.sum_us / 1e6
 
     @property
     def hdr(self) -> HdrHistogram:
         """The HDR histogram, with every recorded value in it."""
         if self.pending:
             for value, count in self.pending.items():
-                self._hdr.record_value(value, count)
+                self._hdr.record_value(min(max(value, 1), HIGHEST_US), count)
             self.pending.clear()
         return self._hdr
 
@@ -97,8 +110,7 @@ class Timing:
     def merge(self, other: Timing) -> None:
         for i, count in enumerate(other.buckets):
             self.buckets[i] += count
-        self.count += other.count
-        self.sum += other.sum
+        self.sum_us += other.sum_us
         self.hdr.add(other.hdr)
 
 
@@ -112,10 +124,11 @@ class BackendStats:
         self.duration = Timing()
         self.terminations: Counter[str] = Counter()
 
-    def record(self, connect_ms: float, duration_ms: float, termination: str) -> None:
-        if connect_ms >= 0:
-            self.connect.record(connect_ms / 1000.0)
-        self.duration.record(duration_ms / 1000.0)
+    def record(self, connect_us: int, duration_us: int, termination: str) -> None:
+        """One finished connection; `connect_us` is negative if it never connected."""
+        if connect_us >= 0:
+            self.connect.record_us(connect_us)
+        self.duration.record_us(duration_us)
         self.terminations[termination] += 1
 
     def summary(self) -> dict[str, Any]:

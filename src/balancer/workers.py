@@ -75,17 +75,17 @@ def apply_snapshot(pool: Pool, snapshot: Snapshot) -> None:
 # -- figures a worker reports ------------------------------------------------------------------
 
 
-def _timing_wire(timing: Timing) -> tuple[list[int], int, float, str]:
-    return (timing.buckets, timing.count, timing.sum, timing.hdr.encode().decode())
+def _timing_wire(timing: Timing) -> tuple[list[int], int, str]:
+    return (timing.buckets, timing.sum_us, timing.hdr.encode().decode())
 
 
-def _timing_from_wire(wire: tuple[list[int], int, float, str]) -> Timing:
+def _timing_from_wire(wire: tuple[list[int], int, str]) -> Timing:
     from hdrh.histogram import HdrHistogram
 
     timing = Timing()
-    timing.buckets, timing.count, timing.sum = list(wire[0]), wire[1], wire[2]
-    if wire[1]:
-        timing.hdr = HdrHistogram.decode(wire[3].encode())
+    timing.buckets, timing.sum_us = list(wire[0]), wire[1]
+    if timing.count:
+        timing.hdr = HdrHistogram.decode(wire[2].encode())
     return timing
 
 
