@@ -19,6 +19,8 @@ from typing import Any
 
 from balancer.config import Address
 
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EINTR)
+
 Done = Callable[[socket.SocketType | None, BaseException | None], None]
 
 
@@ -94,8 +96,11 @@ class Dial:
             return
         self.sock = sock
         try:
-            sock.connect(sockaddr)
-        except (BlockingIOError, InterruptedError):
+            error = sock.connect_ex(sockaddr)  # (no exception to make for EINPROGRESS)
+        except OSError as exc:  # (an address it cannot take)
+            self._failed(exc)
+            return
+        if error in _IN_PROGRESS:
             try:
                 sock.getpeername()  # (on loopback the handshake is often over already)
             except OSError:
@@ -103,11 +108,10 @@ class Dial:
                 self.loop.add_writer(self.fd, self._writable)
                 self._wait()
                 return
-            self._finish(sock, None)
-        except OSError as exc:
-            self._failed(exc)
-        else:
-            self._finish(sock, None)
+        elif error:
+            self._failed(OSError(error, os.strerror(error)))  # (the errno's subclass)
+            return
+        self._finish(sock, None)
 
     def _failed(self, exc: OSError) -> None:
         if not self.more:
@@ -119,7 +123,7 @@ class Dial:
     def _writable(self) -> None:
         assert self.sock is not None
         error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error in (errno.EINPROGRESS, errno.EINTR):
+        if error in _IN_PROGRESS:
             return  # not finished after all: wait for the next wake-up
         if error:
             self._failed(OSError(error, os.strerror(error)))  # (the errno's subclass)
