@@ -360,7 +360,11 @@ class Session(asyncio.Protocol):
                 sock.close()
                 exc = error
             else:
-                Stream(self.loop, sock, Upstream(self, backend)).start()  # -> upstream_made
+                assert self.client is not None
+                upstream = Stream(
+                    self.loop, sock, Upstream(self, backend), epoll=self.client.poller
+                )
+                upstream.start()  # -> upstream_made
                 return
         self.dialing = None
         self._connect_failed(backend, exc)

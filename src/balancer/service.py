@@ -96,6 +96,7 @@ class Service:
         self.wheel = Wheel()  # the sessions' timeouts
         self.server: Listener | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by bind
+        self.poller: stream.Poller | None = None  # the loop's, set by bind
         self.closing = False
         self.address = str(config.listen)
         self.bound: Address | None = None  # the port a supervisor reserved for its workers
@@ -188,6 +189,7 @@ class Service:
                 f"service {self.name!r} cannot listen on {listen}: {reason.lower()}"
             ) from None
         self.loop = asyncio.get_running_loop()
+        self.poller = stream.poller(self.loop)
         return Listener(self.loop, sockets, self._accepted, self._exhausted)
 
     def _serve_on(self, server: Listener) -> None:
@@ -208,7 +210,7 @@ class Service:
             return
         loop = self.loop
         assert loop is not None
-        Stream(loop, sock, Session(self, loop), address).start()
+        Stream(loop, sock, Session(self, loop), address, self.poller).start()
 
     def _exhausted(self, error: OSError) -> None:
         if self.on_exhausted is not None:

@@ -169,10 +169,11 @@ class Stream(asyncio.Transport):
         sock: socket.SocketType,
         protocol: Handler,
         peer: Any = None,
+        epoll: Poller | None = None,
     ) -> None:
         # (BaseTransport.__init__ is not called: it would give every stream a dictionary.)
         self.loop = loop
-        self.poller = poller(loop)
+        self.poller = epoll or poller(loop)  # (a caller that has the loop's Poller saves a lookup)
         self.sock = sock
         self.fd = sock.fileno()
         self.protocol: Handler | None = protocol
