@@ -1,10 +1,11 @@
-"""The timer wheel: a member is told once, not before its deadline and at most a tick after."""
+"""The timer wheel: a member is told once, not before its deadline and at most a tick after;
+a far deadline is told up to a second early; a tick's members that all left free its set."""
 
 from __future__ import annotations
 
 import asyncio
 
-from balancer.wheel import TICK, Wheel
+from balancer.wheel import FAR, TICK, Wheel
 
 
 class Member:
@@ -36,9 +37,9 @@ async def _members_are_told_once() -> None:
     members = [Member(loop, fail=i == 1) for i in range(4)] + [Member(loop)]
     deadlines = [start + 0.05 + i * 0.001 for i in range(4)] + [start + 0.2]
     for member, deadline in zip(members, deadlines, strict=True):
-        wheel.add(member, deadline)
+        wheel.add(member, deadline, start)
     left = Member(loop)
-    wheel.remove(left, wheel.add(left, start + 0.05))  # left before its tick: never told
+    wheel.remove(left, wheel.add(left, start + 0.05, start))  # left before its tick: never told
     await asyncio.wait_for(asyncio.gather(*(m.done for m in members)), timeout=10)
     for member, deadline in zip(members, deadlines, strict=True):
         assert len(member.told) == 1
@@ -48,24 +49,50 @@ async def _members_are_told_once() -> None:
     assert len(wheel) == 0 and not wheel.ticks
 
 
-def test_a_member_can_rejoin_from_its_callback() -> None:
-    asyncio.run(_rejoin())
+def test_a_far_deadline_is_told_early_and_can_rejoin() -> None:
+    asyncio.run(_far())
 
 
-async def _rejoin() -> None:
+async def _far() -> None:
     loop = asyncio.get_running_loop()
     wheel = Wheel()
     told: list[float] = []
     done = loop.create_future()
+    start = loop.time()
+    deadline = start + FAR + 0.5
 
     class Again:
         def expired(self) -> None:
-            told.append(loop.time())
-            if len(told) < 3:
-                wheel.add(self, loop.time() + 0.01)
+            now = loop.time()
+            told.append(now)
+            if now < deadline:
+                wheel.add(self, deadline, now)  # (what a session does: join again)
             else:
                 done.set_result(None)
 
-    wheel.add(Again(), loop.time())
-    await asyncio.wait_for(done, timeout=10)
-    assert len(told) == 3 and told == sorted(told)
+    wheel.add(Again(), deadline, start)
+    await asyncio.wait_for(done, timeout=30)
+    # Told on the whole second before the deadline, then at it.
+    assert len(told) == 2
+    assert deadline - 1.0 <= told[0] < deadline <= told[1] <= deadline + TICK + 0.5
+
+
+def test_a_tick_whose_members_left_keeps_no_set() -> None:
+    asyncio.run(_emptied())
+
+
+async def _emptied() -> None:
+    loop = asyncio.get_running_loop()
+    wheel = Wheel()
+    now = loop.time()
+    members = [Member(loop) for _ in range(1000)]
+    ticks = {wheel.add(member, now + 0.5, now) for member in members}
+    assert len(ticks) == 1 and len(wheel) == 1000
+    tick = ticks.pop()
+    for member in members:
+        wheel.remove(member, tick)
+    assert wheel.ticks == {tick: None}  # (the loop timer is still set: a new member reuses it)
+    again = Member(loop)
+    assert wheel.add(again, now + 0.5, now) == tick
+    await asyncio.wait_for(again.done, timeout=10)
+    assert not wheel.ticks and not any(m.told for m in members)

@@ -193,7 +193,8 @@ class Session(asyncio.Protocol):
             self.end(Termination.SHUTDOWN)
             return
         if self.reading_header:
-            self._arm()  # the header must come within client_first_byte (or connect) time
+            # The header must come within client_first_byte (or connect) time.
+            self._arm(self.accepted_at)
             return
         transport.pause_reading()
         self._admit()
@@ -472,8 +473,8 @@ class Session(asyncio.Protocol):
         elif self.preface:
             transport.write(self.preface)
         self.preface = b""
-        self.last_client = self.last_backend = self.relaying_since = self.loop.time()
-        self._arm()
+        now = self.last_client = self.last_backend = self.relaying_since = self.loop.time()
+        self._arm(now)
         if self.client_eof:
             transport.write_eof()
         elif not transport.protocol_paused:  # (else Upstream.resume_writing resumes it)
@@ -563,11 +564,11 @@ class Session(asyncio.Protocol):
             deadline = min(deadline, (first, Termination.FIRST_BYTE_TIMEOUT))
         return deadline
 
-    def _arm(self) -> None:
+    def _arm(self, now: float) -> None:
         self._disarm()
         deadline = self._deadline()
         if deadline is not None:
-            self.tick = self.service.wheel.add(self, deadline[0])
+            self.tick = self.service.wheel.add(self, deadline[0], now)
 
     def _disarm(self) -> None:
         if self.tick:
@@ -580,7 +581,8 @@ class Session(asyncio.Protocol):
         deadline = self._deadline()
         if deadline is None:
             return
-        if deadline[0] <= self.loop.time():
+        now = self.loop.time()
+        if deadline[0] <= now:
             if deadline[1] is Termination.BAD_PROXY_HEADER:
                 self.service.refusal(deadline[1], self.peer, "no complete PROXY header in time")
             self.end(deadline[1])
@@ -590,7 +592,7 @@ class Session(asyncio.Protocol):
                 if transport is not None and transport.get_write_buffer_size():
                     transport.abort()
         else:
-            self.tick = self.service.wheel.add(self, deadline[0])
+            self.tick = self.service.wheel.add(self, deadline[0], now)
 
     # -- ending -----------------------------------------------------------------------------
 
