@@ -20,9 +20,9 @@ def test_timing_matches_a_plain_hdr_histogram(first: list[float], second: list[f
     timing, other = Timing(), Timing()
     plain = HdrHistogram(1, 3_600_000_000, 2)
     for seconds in first:
-        timing.record(seconds)
+        timing.record_us(int(seconds * 1e6))
     for seconds in second:
-        other.record(seconds)
+        other.record_us(int(seconds * 1e6))
     for seconds in first + second:
         plain.record_value(max(1, min(int(seconds * 1e6), 3_600_000_000)))
     timing.merge(other)

@@ -4,8 +4,9 @@ a far deadline is told up to a second early; a tick's members that all left free
 from __future__ import annotations
 
 import asyncio
+import math
 
-from balancer.wheel import FAR, TICK, Wheel
+from balancer.wheel import FAR, PER_SECOND, TICK, Wheel
 
 
 class Member:
@@ -59,7 +60,9 @@ async def _far() -> None:
     told: list[float] = []
     done = loop.create_future()
     start = loop.time()
-    deadline = start + FAR + 0.5
+    # 0.9 s past a whole second, so the early tell comes 0.9 s before the deadline (a deadline
+    # within a tick after a whole second would be told once, on time).
+    deadline = math.floor(start + FAR) + 1.9
 
     class Again:
         def expired(self) -> None:
@@ -70,7 +73,8 @@ async def _far() -> None:
             else:
                 done.set_result(None)
 
-    wheel.add(Again(), deadline, start)
+    tick = wheel.add(Again(), deadline, start)
+    assert tick == math.floor(deadline) * PER_SECOND  # (the whole second before the deadline)
     await asyncio.wait_for(done, timeout=30)
     # Told on the whole second before the deadline, then at it.
     assert len(told) == 2

@@ -108,10 +108,8 @@ class Dial:
                 self.loop.add_writer(self.fd, self._writable)
                 self._wait()
                 return
-        elif error:
-            self._failed(OSError(error, os.strerror(error)))  # (the errno's subclass)
-            return
-        self._finish(sock, None)
+            error = 0
+        self._ended(error)
 
     def _failed(self, exc: OSError) -> None:
         if not self.more:
@@ -125,6 +123,10 @@ class Dial:
         error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error in _IN_PROGRESS:
             return  # not finished after all: wait for the next wake-up
+        self._ended(error)
+
+    def _ended(self, error: int) -> None:
+        """The connect attempt is over: connected if `error` is 0."""
         if error:
             self._failed(OSError(error, os.strerror(error)))  # (the errno's subclass)
         else:

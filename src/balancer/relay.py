@@ -361,11 +361,8 @@ class Session(asyncio.Protocol):
                 sock.close()
                 exc = error
             else:
-                assert self.client is not None
-                upstream = Stream(
-                    self.loop, sock, Upstream(self, backend), epoll=self.client.poller
-                )
-                upstream.start()  # -> upstream_made
+                protocol = Upstream(self, backend)  # (its connection_made: upstream_made)
+                Stream(self.loop, sock, protocol, epoll=self.service.poller).start()
                 return
         self.dialing = None
         self._connect_failed(backend, exc)

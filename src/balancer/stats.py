@@ -62,9 +62,6 @@ class Timing:
         pending = self.pending
         pending[us] = pending.get(us, 0) + 1
 
-    def record(self, seconds: float) -> None:
-        self.record_us(int(seconds * 1e6))
-
     @property
     def count(self) -> int:
         return sum(self.buckets)
