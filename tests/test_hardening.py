@@ -159,6 +159,7 @@ class ScriptedBackend:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -189,8 +190,16 @@ class ScriptedBackend:
                         conn.sendall(block)
             elif command == b"W":  # wait for the client to vanish
                 conn.recv(1)
+            elif command == b"X":  # take the request, then reset without a word
+                conn.recv(65536)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif command == b"S":  # read to the client's EOF, then say nothing until the end
+                while conn.recv(65536):
+                    pass
+                self.done.wait(60)
 
     def close(self) -> None:
+        self.done.set()
         self.sock.close()
 
 
@@ -255,9 +264,14 @@ def test_misbehaving_peers_end_with_the_right_reason(cluster: Cluster) -> None:
 def test_timeout_ends_a_connection_whose_client_stopped_reading(cluster: Cluster) -> None:
     # The backend sends 1 GB to a client that never reads: once the buffers fill, nothing
     # moves either way, and the idle timeout must end the connection, unsent bytes and all.
+    # The server timeout is shorter, but the backend is not at fault: the balancer stopped
+    # reading it because the client takes nothing, so that timeout does not run meanwhile.
     scripted = ScriptedBackend()
     port = free_port()
-    extra = '[services.health_check]\nenabled = false\n[services.timeouts]\nidle = "1s"'
+    extra = (
+        "[services.health_check]\nenabled = false\n"
+        '[services.timeouts]\nidle = "2s"\nserver = "500ms"'
+    )
     cluster.balancer(
         "--config", str(config(cluster, service("stuck", port, [scripted.port], extra)))
     )
@@ -276,6 +290,50 @@ def test_timeout_ends_a_connection_whose_client_stopped_reading(cluster: Cluster
                         except ConnectionResetError:
                             ended = True
             assert ended, "the client's connection is still open"
+    finally:
+        scripted.close()
+
+
+def test_half_closed_request_is_retried_and_reasons_say_what_happened(cluster: Cluster) -> None:
+    scripted = ScriptedBackend()
+    echo = cluster.backend("echo")
+    retried, silent, refused = free_port(), free_port(), free_port()
+    no_checks = "[services.health_check]\nenabled = false"
+    dead = free_port()  # nothing listens there
+    path = config(
+        cluster,
+        service("retried", retried, [scripted.port, echo], f"retry_replay = true\n{no_checks}")
+        + service(
+            "silent", silent, [scripted.port], f'{no_checks}\n[services.timeouts]\nserver = "1s"'
+        )
+        + service(
+            "refused",
+            refused,
+            [dead],
+            f'retries = 0\nno_backend_message = "{"x" * 4_000_000}"\n{no_checks}',
+        ),
+    )
+    cluster.balancer("--config", str(path))
+    log = cluster.tmp / "lb.log"
+    try:
+        # A request followed by the client's half-close, to a backend that resets without
+        # answering: it is sent again to the next backend (round robin makes one of the two
+        # clients meet the failing backend first).
+        for _ in range(2):
+            assert exchange(retried, b"X marks the spot", half_close=True) == b"X marks the spot"
+        wait_for_log(log, r"service=retried .*bytes_out=16 retries=1 termination=client_closed")
+
+        # The client half-closed first, then the backend said nothing for `server`: the reason
+        # is the timeout, not the client's close.
+        assert exchange(silent, b"S", half_close=True) == b""
+        wait_for_log(log, r"service=silent .*termination=server_timeout")
+
+        # A refused client that does not read its (large) message is closed after the
+        # lingering close's 2 s, not kept while it stays connected.
+        with socket.socket() as stuck:
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stuck.connect(("127.0.0.1", refused))
+            wait_for_log(log, r"service=refused .*termination=connect_failed", timeout=20)
     finally:
         scripted.close()
 
@@ -366,6 +424,11 @@ def test_max_connections_and_backend_queue(cluster: Cluster) -> None:
     assert attempt(queued, b"q") == b""  # waited in the queue, timed out
     assert time.monotonic() - began >= 0.9
     wait_for_log(log, r"service=queued .*termination=queue_timeout")
+    # A queued client that resets leaves the queue at once (a reset is seen while waiting).
+    leaving = socket.create_connection(("127.0.0.1", queued), timeout=10)
+    leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    leaving.close()
+    wait_for_log(log, r"service=queued .*termination=client_aborted")
     waiting = socket.create_connection(("127.0.0.1", queued), timeout=10)
     waiting.sendall(b"w")
     holder.close()  # frees the backend's one slot: the queued client goes through

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import selectors
 import signal
 import socket
 
-from conftest import Cluster, exchange, read_log, served_by, wait_for_log
+from conftest import Cluster, exchange, free_port, read_log, served_by, wait_for_log
 
 
 def alive(s: socket.socket) -> bool:
@@ -51,3 +52,46 @@ def test_killed_worker_is_replaced_and_others_keep_their_connections(cluster: Cl
     answers = [exchange(port, half_close=True) for _ in range(10)]
     assert answers.count(b"hi") == 5
     assert {served_by(a) for a in answers if a != b"hi"} == {hello}
+
+
+def test_max_connections_counts_every_worker(cluster: Cluster) -> None:
+    # A backend's max_connections holds over both workers with round robin (which does not
+    # otherwise look at load), and a slot that one worker frees goes to a client queued in the
+    # other. The kernel spreads the clients over the workers: with eight waiters, some are in
+    # the holder's worker and some (but for one chance in 256) in the other.
+    echo = cluster.backend("echo")
+    port = free_port()
+    path = cluster.tmp / "lb.toml"
+    path.write_text(
+        f'[log]\nfile = "{cluster.tmp / "lb.log"}"\n'
+        f'[[services]]\nname = "capped"\nlisten = "127.0.0.1:{port}"\n'
+        f'backends = [{{ address = "127.0.0.1:{echo}", max_connections = 1 }}]\n'
+        'queue_timeout = "60s"\n[services.health_check]\nenabled = false\n'
+    )
+    cluster.balancer("--config", str(path), "--workers", "2")
+    holder = socket.create_connection(("127.0.0.1", port), timeout=10)
+    holder.sendall(b"h")
+    assert holder.recv(10) == b"h"
+    waiters = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    served = [holder]
+    try:
+        with selectors.DefaultSelector() as answered:
+            for i, w in enumerate(waiters):
+                w.sendall(b"%d" % i)
+                answered.register(w, selectors.EVENT_READ, i)
+            assert answered.select(timeout=0.5) == [], "served past max_connections"
+            for _ in waiters:
+                served[-1].close()  # frees the one slot, in whichever worker held it
+                ready = answered.select(timeout=15)
+                assert len(ready) == 1, f"{len(ready)} clients served for one free slot"
+                key, _ = ready[0]
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                assert sock.recv(10) == b"%d" % key.data
+                answered.unregister(sock)
+                served.append(sock)
+                if len(served) <= len(waiters):
+                    assert answered.select(timeout=0.3) == [], "served past max_connections"
+    finally:
+        for s in [*waiters, holder]:
+            s.close()

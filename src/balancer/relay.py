@@ -55,6 +55,10 @@ class Termination(StrEnum):
     SHUTDOWN = "shutdown"
 
 
+# Who finished first: a later timeout, reset or shutdown of the same connection says more.
+_FINISHED = (Termination.CLIENT_CLOSED, Termination.BACKEND_CLOSED)
+
+
 def describe_error(exc: BaseException | None) -> str:
     if exc is None:
         return "closed"
@@ -113,6 +117,7 @@ class Session(asyncio.Protocol):
         "peer",
         "preface",
         "queue_timer",
+        "queued_until",
         "reading_header",
         "refusing",
         "relaying_since",
@@ -172,6 +177,7 @@ class Session(asyncio.Protocol):
         self.full = False  # a candidate was skipped for being at its max_connections
         self.last_error = ""
         self.queue_timer: asyncio.TimerHandle | None = None
+        self.queued_until = 0.0  # when the wait in the queue ends, from the first time queued
         self.finished = False
 
     # -- client side ------------------------------------------------------------------------
@@ -293,6 +299,8 @@ class Session(asyncio.Protocol):
                 self.termination = Termination.CLIENT_ABORTED
             else:
                 self.termination = Termination.CLIENT_RESET if exc else Termination.CLIENT_CLOSED
+        elif exc is not None and self.termination in _FINISHED:
+            self.termination = Termination.CLIENT_RESET
         if self.connecting:
             self._stop_connecting()
         if self.up_transport is not None and self.backend_open:
@@ -309,6 +317,20 @@ class Session(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.up_transport is not None and self.backend_open:
             self.up_transport.resume_reading()
+            self._resumed(client=False)
+
+    def _resumed(self, client: bool) -> None:
+        """Reading one side again after backpressure: its silence is counted from now."""
+        now = self.loop.time()
+        timeouts = self.service.config.timeouts
+        if client:
+            self.last_client = now
+            if timeouts.client:
+                self._arm(now)  # (its timeout did not run while paused)
+        else:
+            self.last_backend = now
+            if timeouts.server:
+                self._arm(now)
 
     # -- connecting -------------------------------------------------------------------------
 
@@ -340,6 +362,8 @@ class Session(asyncio.Protocol):
                 self.loop, backend.address, service.config.timeouts.connect, self._dialed
             )
             self.dial.start()
+            if self.dial is not None and self.client is not None:
+                self.client.guard()  # (not connected at once: learn meanwhile of a reset)
             return
         if self.full and self.attempts < attempts:
             self._queue()
@@ -382,16 +406,25 @@ class Session(asyncio.Protocol):
         self._next()
 
     def _queue(self) -> None:
-        """Every candidate not yet tried is at its max_connections: wait for a slot."""
+        """Every candidate not yet tried is at its max_connections: wait for a slot.
+
+        A session that was woken for a slot and found it taken (by a new connection in the
+        same turn, or by another worker) goes back to the head of the queue, and its wait
+        still ends queue_timeout after it first joined.
+        """
         service = self.service
-        if not service.enqueue(self):
+        if self.queued_until:
+            service.requeue(self)
+        elif service.enqueue(self):
+            self.queued_until = self.loop.time() + service.config.limits.queue_timeout
+        else:
             self.connecting = False
             service.refusal(Termination.QUEUE_FULL, self.peer, "queue full")
             self._refuse(Termination.QUEUE_FULL)
             return
-        self.queue_timer = self.loop.call_later(
-            service.config.limits.queue_timeout, self._queue_timed_out
-        )
+        self.queue_timer = self.loop.call_at(self.queued_until, self._queue_timed_out)
+        if self.client is not None:
+            self.client.guard()
 
     def slot_freed(self) -> None:
         """Called by the service when a busy backend has a free slot."""
@@ -445,7 +478,15 @@ class Session(asyncio.Protocol):
         client.resume_reading()
         self._disarm()
         if self.linger is None:
-            self.linger = self.loop.call_later(LINGER, self.end)
+            self.linger = self.loop.call_later(LINGER, self._linger_over)
+
+    def _linger_over(self) -> None:
+        """A refused client's time is up: close, dropping what it has not read (a client that
+        stopped reading would otherwise hold the connection open for ever)."""
+        self.linger = None
+        if self.client is not None and self.client.get_write_buffer_size():
+            self.client.abort()
+        self.end()
 
     def upstream_made(self, upstream: Upstream, transport: Stream) -> None:
         backend = upstream.backend
@@ -500,8 +541,8 @@ class Session(asyncio.Protocol):
         if not unanswered or not self.client_open:
             return False  # (a client that left first is no fault of the backend's)
         self.service.backend_failed(upstream.backend, describe_error(exc))
-        if self.termination is not None:
-            return False
+        if self.termination is not None and self.termination is not Termination.CLIENT_CLOSED:
+            return False  # (ending already; a client's half-close is no reason not to retry)
         if self.bytes_in and self.replay is None:
             return False  # the client's bytes are gone with that backend
         # Abandon this backend connection and walk on down the candidates.
@@ -533,6 +574,8 @@ class Session(asyncio.Protocol):
         self.backend_open = False
         if self.termination is None:
             self.termination = Termination.BACKEND_RESET if exc else Termination.BACKEND_CLOSED
+        elif exc is not None and self.termination in _FINISHED:
+            self.termination = Termination.BACKEND_RESET
         if self.client is not None and self.client_open:
             if exc is None:
                 self.client.close()
@@ -552,14 +595,21 @@ class Session(asyncio.Protocol):
             return None
         last_client, last_backend = self.last_client, self.last_backend
         deadline = (max(last_client, last_backend) + timeouts.idle, Termination.IDLE_TIMEOUT)
-        if timeouts.client:
+        # A side is timed out for its silence only while it is expected to send: not once it
+        # has sent its EOF, nor while its reading is paused because the other side is not
+        # taking the bytes (its timeout starts again when reading resumes).
+        if timeouts.client and not self.client_eof and not self._paused(self.client):
             deadline = min(deadline, (last_client + timeouts.client, Termination.CLIENT_TIMEOUT))
-        if timeouts.server:
+        if timeouts.server and not self.backend_eof and not self._paused(self.up_transport):
             deadline = min(deadline, (last_backend + timeouts.server, Termination.SERVER_TIMEOUT))
         if self.awaiting_first_byte and timeouts.client_first_byte:
             first = self.relaying_since + timeouts.client_first_byte
             deadline = min(deadline, (first, Termination.FIRST_BYTE_TIMEOUT))
         return deadline
+
+    @staticmethod
+    def _paused(transport: Stream | None) -> bool:
+        return transport is not None and transport.paused
 
     def _arm(self, now: float) -> None:
         self._disarm()
@@ -595,7 +645,7 @@ class Session(asyncio.Protocol):
 
     def end(self, reason: Termination | None = None) -> None:
         """Close both sides, flushing what was already accepted for writing."""
-        if reason is not None and self.termination is None:
+        if reason is not None and (self.termination is None or self.termination in _FINISHED):
             self.termination = reason
         if self.client is not None and self.client_open:
             self.client.close()
@@ -670,3 +720,4 @@ class Upstream(asyncio.Protocol):
         client = self.session.client
         if client is not None and self.session.client_open and self.session.upstream is self:
             client.resume_reading()
+            self.session._resumed(client=True)

@@ -28,6 +28,7 @@ from balancer.stream import Listener, Stream
 from balancer.wheel import Wheel
 
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+QUEUE_POLL = 0.05  # seconds between looks at other workers' counts while sessions are queued
 
 
 class StartupError(Exception):
@@ -108,6 +109,7 @@ class Service:
         self.accept_paused = False
         self.last_pause_log = 0.0
         self.queue: deque[Session] = deque()  # waiting for a busy backend
+        self.queue_poll: asyncio.TimerHandle | None = None  # see _watch_other_workers
         self.refusals: Counter[str] = Counter()
         self.refusal_log: dict[str, tuple[float, int]] = {}
         self.on_recovery: Callable[[], None] | None = None  # set while accept() lacks resources
@@ -136,11 +138,13 @@ class Service:
             self.pool.algorithm.cursor = SharedCursor(shared, cursor)
 
     def candidates(self, client: str) -> Iterator[Backend]:
+        """The backends to try, in order, with the other workers' connections counted where
+        the algorithm weighs load or a backend has a max_connections."""
         shared = self.shared
-        if shared is not None and self.uses_load:
-            worker = self.worker_index
+        if shared is not None:
+            worker, every = self.worker_index, self.uses_load
             for backend in self.pool.eligible:
-                if backend.slot >= 0:
+                if backend.slot >= 0 and (every or backend.max_connections):
                     backend.others = shared.others(worker, backend.slot)
         return self.pool.candidates(client)
 
@@ -365,6 +369,8 @@ class Service:
         """Start the session now, or once another ends if max_connections is reached."""
         if not self._room():
             self.waiting.append(session)
+            if session.client is not None:
+                session.client.guard()
             self._pause_accepting()
             return
         self._run(session)
@@ -414,7 +420,34 @@ class Service:
         if len(self.queue) >= self.config.limits.queue_size:
             return False
         self.queue.append(session)
+        self._watch_other_workers()
         return True
+
+    def requeue(self, session: Session) -> None:
+        """A session woken for a slot that was taken before it could use it: back to the head."""
+        self.queue.appendleft(session)
+        self._watch_other_workers()
+
+    def _watch_other_workers(self) -> None:
+        """Slots another worker frees are not seen by this one's `release`: while sessions
+        wait, look at the shared counts every QUEUE_POLL seconds and wake one per free slot."""
+        if self.shared is not None and self.queue_poll is None and self.loop is not None:
+            self.queue_poll = self.loop.call_later(QUEUE_POLL, self._poll_other_workers)
+
+    def _poll_other_workers(self) -> None:
+        self.queue_poll = None
+        shared = self.shared
+        if not self.queue or shared is None:
+            return
+        free = 0
+        for backend in self.pool.eligible:
+            limit = backend.max_connections
+            if limit and backend.slot >= 0:
+                others = shared.others(self.worker_index, backend.slot)
+                free += max(limit - backend.active - others, 0)
+        for _ in range(min(free, len(self.queue))):
+            self.wake_queued()
+        self._watch_other_workers()
 
     def dequeue(self, session: Session) -> None:
         with contextlib.suppress(ValueError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import select
 import socket
 import sys
@@ -71,6 +72,12 @@ class Poller:
             self.epoll.register(fd, events)
             self.streams[fd] = stream
 
+    def guard(self, stream: Stream) -> None:
+        """Watch a stream for nothing: epoll still reports its errors and hang-ups."""
+        if stream.fd not in self.streams:
+            self.epoll.register(stream.fd, 0)
+            self.streams[stream.fd] = stream
+
     def forget(self, stream: Stream) -> None:
         """The stream's socket is about to be closed, which unregisters it."""
         if self.streams.get(stream.fd) is stream:
@@ -101,6 +108,9 @@ class Poller:
                 continue  # (forgotten by an earlier stream's callback in this batch)
             if events & (_READ | _TROUBLE) and stream.reading:
                 stream._read_ready()
+            elif events & _TROUBLE and not stream.writing:
+                stream._trouble()  # (a guarded stream: see Stream.guard)
+                continue
             if events & (_WRITE | _TROUBLE) and stream.writing:
                 stream._write_ready()
 
@@ -224,6 +234,17 @@ class Stream(asyncio.Transport):
             return
         if not self.lost:  # (a closed stream needs no epoll_ctl: see _schedule_lost)
             self._stop_reading()
+
+    def guard(self) -> None:
+        """While this stream is neither read nor written (a client paused until its backend
+        connection is ready), still learn at once that the peer reset it. (A peer's EOF is not
+        seen until reading resumes: it may be a half-close after a complete request.)"""
+        if not self.reading and not self.writing and not self.lost:
+            self.poller.guard(self)
+
+    def _trouble(self) -> None:
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
+        self._force_close(OSError(error, os.strerror(error)))  # (the errno's subclass)
 
     def _handler_failed(self, exc: Exception) -> None:
         """A handler raised: report it and close this connection (as asyncio's transports
