@@ -297,7 +297,7 @@ def test_timeout_ends_a_connection_whose_client_stopped_reading(cluster: Cluster
 def test_half_closed_request_is_retried_and_reasons_say_what_happened(cluster: Cluster) -> None:
     scripted = ScriptedBackend()
     echo = cluster.backend("echo")
-    retried, silent, refused = free_port(), free_port(), free_port()
+    retried, silent, refused, quiet = free_port(), free_port(), free_port(), free_port()
     no_checks = "[services.health_check]\nenabled = false"
     dead = free_port()  # nothing listens there
     path = config(
@@ -311,6 +311,9 @@ def test_half_closed_request_is_retried_and_reasons_say_what_happened(cluster: C
             refused,
             [dead],
             f'retries = 0\nno_backend_message = "{"x" * 4_000_000}"\n{no_checks}',
+        )
+        + service(
+            "quiet", quiet, [echo], f'{no_checks}\n[services.timeouts]\nclient = "1s"\nidle = "60s"'
         ),
     )
     cluster.balancer("--config", str(path))
@@ -334,6 +337,10 @@ def test_half_closed_request_is_retried_and_reasons_say_what_happened(cluster: C
             stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             stuck.connect(("127.0.0.1", refused))
             wait_for_log(log, r"service=refused .*termination=connect_failed", timeout=20)
+
+        # A client that says nothing is ended by the client timeout, not the idle one.
+        with socket.create_connection(("127.0.0.1", quiet), timeout=10):
+            wait_for_log(log, r"service=quiet .*termination=client_timeout", timeout=20)
     finally:
         scripted.close()
 

@@ -511,12 +511,13 @@ class Session(asyncio.Protocol):
         elif self.preface:
             transport.write(self.preface)
         self.preface = b""
+        self.queued_until = 0.0  # (a later wait in the queue is a new one)
         now = self.last_client = self.last_backend = self.relaying_since = self.loop.time()
-        self._arm(now)
         if self.client_eof:
             transport.write_eof()
         elif not transport.protocol_paused:  # (else Upstream.resume_writing resumes it)
             self.client.resume_reading()
+        self._arm(now)  # (after the resume: a paused client's timeout would be left out)
 
     # -- backend side (called by Upstream) ----------------------------------------------------
 

@@ -243,8 +243,9 @@ class Stream(asyncio.Transport):
             self.poller.guard(self)
 
     def _trouble(self) -> None:
-        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
-        self._force_close(OSError(error, os.strerror(error)))  # (the errno's subclass)
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # (a reset leaves its error; a hang-up without one means both directions are shut)
+        self._force_close(OSError(error, os.strerror(error)) if error else None)
 
     def _handler_failed(self, exc: Exception) -> None:
         """A handler raised: report it and close this connection (as asyncio's transports
