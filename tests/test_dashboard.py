@@ -56,6 +56,7 @@ return {
   listen: text('.svc-listen'),
   algorithm: text('.svc-algorithm'),
   service_total: text('.svc-total'),
+  service_queued: text('.svc-queued'),
   legend: Array.from(document.querySelectorAll('ul.legend li')).map((li) => li.dataset.backend),
   chart_max: canvas ? Number(canvas.dataset.max || 0) : 0,
 };
@@ -187,6 +188,7 @@ def test_dashboard_shows_live_backends_and_drain(
         assert page["rows"][address]["share_text"].endswith("%")
     assert sum(shares.values()) == pytest.approx(1.0, abs=0.01)
     assert int(page["service_total"].replace(",", "")) >= 30
+    assert page["service_queued"] == "0"  # (no backend has a max_connections)
     assert sorted(page["legend"]) == sorted(addresses)
 
     drained = addresses[0]

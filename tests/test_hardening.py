@@ -474,6 +474,84 @@ def test_full_queue_refuses_at_once_and_host_names_resolve(cluster: Cluster) -> 
     wait_for_log(log, r"service=queued client=\S+ backend=localhost:\d+ .*termination=client")
 
 
+def test_queue_is_first_come_first_served_and_woken_by_new_room(cluster: Cluster) -> None:
+    echo = cluster.backend("echo")
+    spare = cluster.backend("echo")
+    port, admin = free_port(), free_port()
+    path = config(
+        cluster,
+        service(
+            "fifo",
+            port,
+            f'{{ address = "127.0.0.1:{echo}", max_connections = 1 }}, '
+            f'{{ address = "127.0.0.1:{spare}" }}',
+            'queue_timeout = "30s"\n[services.health_check]\nenabled = false',
+        ),
+        admin=admin,
+    )
+    cluster.balancer("--config", str(path))
+    spare_key = f"127.0.0.1:{spare}"
+    status, _ = call(admin, "PATCH", f"/api/backends/fifo/{spare_key}", {"state": "maintenance"})
+    assert status == 200
+
+    def queued(count: int) -> None:
+        def check() -> bool:
+            [fifo] = call(admin, "GET", "/api/services")[1]
+            return bool(fifo["queued"] == count)
+
+        wait_until(check, what=f"{count} clients queued")
+        metric = rf"balancer_service_queued_connections\{{service=\"fifo\"\}} {count}\.0"
+        assert re.search(metric, call(admin, "GET", "/metrics")[1])
+
+    def client(index: int) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"%d." % index)
+        return sock
+
+    # One slot, a queue of three, and each client that is served closes and a new one
+    # arrives at once: the new one comes as the slot frees, and must queue behind the others.
+    # Clients are served strictly in the order they connected.
+    total, order = 100, []
+    with selectors.DefaultSelector() as answered:
+        for index in range(4):
+            answered.register(client(index), selectors.EVENT_READ, index)
+            if index == 0:
+                queued(0)
+            else:
+                queued(index)
+        arrived = 4
+        deadline = time.monotonic() + 60
+        while len(order) < total and time.monotonic() < deadline:
+            for key, _ in answered.select(timeout=1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                assert sock.recv(10) == b"%d." % key.data
+                answered.unregister(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()  # (a reset: the balancer frees the slot without waiting on anyone)
+                order.append(key.data)
+                if arrived < total:
+                    answered.register(client(arrived), selectors.EVENT_READ, arrived)
+                    arrived += 1
+        for key in list(answered.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+    assert order == list(range(total)), f"served out of turn: {order}"
+    queued(0)
+
+    # Room that a change makes (here a backend without a limit entering rotation) goes to the
+    # queue at once, without waiting for the capped backend's slot to free.
+    holder, first, second = client(0), client(1), client(2)
+    assert holder.recv(10) == b"0."
+    queued(2)
+    status, _ = call(admin, "PATCH", f"/api/backends/fifo/{spare_key}", {"state": "enabled"})
+    assert status == 200
+    assert first.recv(10) == b"1."
+    assert second.recv(10) == b"2."
+    queued(0)
+    for sock in (holder, first, second):
+        sock.close()
+
+
 def test_proxy_protocol_through_two_balancers(cluster: Cluster) -> None:
     backend_port = free_port()
     backend = Process(

@@ -93,6 +93,7 @@ def service_json(service: Service) -> dict[str, Any]:
         "eligible": len(service.pool.eligible),
         "active": service.open_connections(),
         "total": service.accepted + service.open_connections(),
+        "queued": service.queued(),
         "panic": service.pool.panicking,
         "refused": {str(k): v for k, v in service.refusals.items()},
     }
@@ -153,6 +154,11 @@ class _Collector:
         service_active = GaugeMetricFamily(
             "balancer_service_active_connections", "Open client connections.", labels=["service"]
         )
+        service_queued = GaugeMetricFamily(
+            "balancer_service_queued_connections",
+            "Clients waiting in the queue for a backend below its max_connections.",
+            labels=["service"],
+        )
         service_conns = CounterMetricFamily(
             "balancer_service_connections", "Client connections accepted.", labels=["service"]
         )
@@ -166,6 +172,7 @@ class _Collector:
                 refused.add_metric([service.name, str(reason)], count)
             opened = service.open_connections()
             service_active.add_metric([service.name], opened)
+            service_queued.add_metric([service.name], service.queued())
             service_conns.add_metric([service.name], service.accepted + opened)
             for reason, count in service.stats.terminations.items():
                 if reason in ("no_backend", "connect_failed", "client_aborted"):
@@ -189,8 +196,8 @@ class _Collector:
                 connect.add_metric(key, b.stats.connect.cumulative(), b.stats.connect.sum)
                 duration.add_metric(key, b.stats.duration.cumulative(), b.stats.duration.sum)
         yield from (
-            service_conns, service_active, refused, conns, active, up, eligible, weight,
-            received, sent, failures, transitions, terminations, connect, duration,
+            service_conns, service_active, service_queued, refused, conns, active, up, eligible,
+            weight, received, sent, failures, transitions, terminations, connect, duration,
         )  # fmt: skip
 
 

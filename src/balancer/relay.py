@@ -342,7 +342,11 @@ class Session(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
-        """Dial the next candidate; or wait in the queue if every one left is busy; or refuse."""
+        """Dial the next candidate; or wait in the queue if every one left is busy; or refuse.
+
+        While clients wait in the queue, a new client does not take a capped backend's free
+        slot from them: it joins the queue behind them (first come, first served, as HAProxy).
+        """
         service = self.service
         if self.candidates is None:
             self.candidates = service.candidates(self.client_ip)
@@ -351,7 +355,10 @@ class Session(asyncio.Protocol):
             if self.attempts == attempts:
                 break
             limit = backend.max_connections
-            if limit and backend.active + backend.others >= limit:
+            if limit and (
+                backend.active + backend.others >= limit
+                or (service.queue and not self.queued_until)  # (its free slot is the queue's)
+            ):
                 self.full = True
                 continue
             self.attempts += 1
@@ -427,10 +434,8 @@ class Session(asyncio.Protocol):
             self.client.guard()
 
     def slot_freed(self) -> None:
-        """Called by the service when a busy backend has a free slot."""
-        if self.queue_timer is None:
-            self.service.wake_queued()  # no longer waiting: pass the slot on
-            return
+        """Called by the service, which took this session off the queue: a slot is free."""
+        assert self.queue_timer is not None  # (whatever clears it takes the session off first)
         self.queue_timer.cancel()
         self.queue_timer = None
         self.candidates = None

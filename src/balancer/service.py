@@ -102,6 +102,7 @@ class Service:
         self.address = str(config.listen)
         self.bound: Address | None = None  # the port a supervisor reserved for its workers
         self.remote_open = 0  # open connections on worker processes, as last reported
+        self.remote_queued = 0  # and their clients in the queue
         self.per_client: dict[str, int] = {}  # open connections per client address
         self.buckets: dict[str, tuple[float, float]] = {}  # client address: (tokens, when)
         self.running = 0  # sessions past the max_connections gate
@@ -123,6 +124,7 @@ class Service:
         for address, (backend_config, state) in self._wanted_backends(config).items():
             backend = self.pool.add(address, backend_config.weight, health=state, quiet=True)
             self._configure(backend, backend_config)
+        self.pool.rebuild_listeners.append(self._pool_rebuilt)
 
     def _make_health(self) -> PassiveHealth:
         if self.health_factory is not None:
@@ -179,6 +181,10 @@ class Service:
 
     def open_connections(self) -> int:
         return len(self.sessions) + self.remote_open
+
+    def queued(self) -> int:
+        """Clients waiting in the queue for a backend's free slot (HAProxy's qcur)."""
+        return len(self.queue) + self.remote_queued
 
     async def bind(self, listen: Address) -> Listener:
         try:
@@ -424,8 +430,15 @@ class Service:
         return True
 
     def requeue(self, session: Session) -> None:
-        """A session woken for a slot that was taken before it could use it: back to the head."""
-        self.queue.appendleft(session)
+        """A session woken for a slot that was taken before it could use it: back to its
+        place, ahead of every session that joined the queue after it."""
+        queue, until = self.queue, session.queued_until
+        place = 0
+        for waiting in queue:
+            if waiting.queued_until > until:
+                break
+            place += 1
+        queue.insert(place, session)
         self._watch_other_workers()
 
     def _watch_other_workers(self) -> None:
@@ -436,26 +449,44 @@ class Service:
 
     def _poll_other_workers(self) -> None:
         self.queue_poll = None
-        shared = self.shared
-        if not self.queue or shared is None:
-            return
+        if self.queue and self.shared is not None:
+            self._wake_for_room()
+            self._watch_other_workers()
+
+    def _pool_rebuilt(self, pool: Pool) -> None:
+        """A reload, an admin change or a health change may have made room for the queue."""
+        if self.queue and self.loop is not None:
+            self._wake_for_room()
+
+    def _wake_for_room(self) -> None:
+        """Wake one queued session per free slot of the eligible backends."""
+        shared, queue = self.shared, self.queue
         free = 0
         for backend in self.pool.eligible:
             limit = backend.max_connections
-            if limit and backend.slot >= 0:
+            if not limit:
+                free = len(queue)
+                break
+            others = backend.others
+            if shared is not None and backend.slot >= 0:
                 others = shared.others(self.worker_index, backend.slot)
-                free += max(limit - backend.active - others, 0)
-        for _ in range(min(free, len(self.queue))):
+            free += max(limit - backend.active - others, 0)
+        for _ in range(min(free, len(queue))):
             self.wake_queued()
-        self._watch_other_workers()
 
     def dequeue(self, session: Session) -> None:
         with contextlib.suppress(ValueError):
             self.queue.remove(session)
 
     def wake_queued(self) -> None:
+        """Give a free slot to the head of the queue, on the loop's next turn. The session
+        keeps its place until then, so a client accepted meanwhile queues behind it."""
         if self.queue:
-            asyncio.get_running_loop().call_soon(self.queue.popleft().slot_freed)
+            asyncio.get_running_loop().call_soon(self._wake_head)
+
+    def _wake_head(self) -> None:
+        if self.queue:
+            self.queue.popleft().slot_freed()
 
     def finished(self, session: Session, record: AccessRecord) -> None:
         self.sessions.discard(session)

@@ -39,6 +39,7 @@ def render(stats: dict[str, Any], console: Console) -> None:
         table = Table(
             title=f"service {service['name']} on {service['listen']} ({service['algorithm']}), "
             f"{service['active']} open, {service['total']} connections"
+            + (f", {service['queued']} queued" if service["queued"] else "")
             + (", PANIC" if service["panic"] else ""),
             title_justify="left",
         )

@@ -120,6 +120,7 @@ def worker_figures(services: dict[str, Service]) -> dict[str, Any]:
             "refused": dict(service.refusals),
             "accepted": service.accepted,
             "open": len(service.sessions),
+            "queued": len(service.queue),
             "stats": _stats_wire(service.stats),
             "backends": backends,
         }
@@ -445,7 +446,7 @@ class Supervisor:
         """Sum the workers' figures into the supervisor's services, for the API and metrics."""
         for name, service in self.balancer.services.items():
             totals: dict[str, Totals] = {}
-            opened = 0
+            opened = queued = 0
             for key, kept in self.retired.get(name, {}).items():
                 totals.setdefault(key, Totals()).add_totals(kept)
             for worker in self.workers:
@@ -453,10 +454,12 @@ class Supervisor:
                 if not figures:
                     continue
                 opened += figures["open"]
+                queued += figures["queued"]
                 totals.setdefault("", Totals()).add(figures)
                 for key, backend in figures["backends"].items():
                     totals.setdefault(key, Totals()).add(backend)
             service.remote_open = opened
+            service.remote_queued = queued
             service.refusals = Counter(self.retired_refusals.get(name, {}))
             for worker in self.workers:
                 service.refusals.update(worker.figures.get(name, {}).get("refused", {}))
