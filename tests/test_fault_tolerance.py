@@ -20,6 +20,7 @@ from conftest import (
     wait_for_log,
     wait_until,
 )
+from test_admin import call
 
 
 def write_config(cluster: Cluster, backends: list[int], extra: str = "", health: str = "") -> Path:
@@ -223,3 +224,92 @@ def test_hanging_connect_costs_only_the_connect_timeout(any_cluster: Cluster) ->
         for f in fillers:
             f.close()
         hanging.close()
+
+
+def test_reload_keeps_ejections_and_slow_starts(any_cluster: Cluster) -> None:
+    # A reload that changes health settings carries on what health is doing: an ejection
+    # still ends, a slow start still ramps to the full weight, and a backend held down only
+    # by checks that are turned off comes back.
+    cluster = any_cluster
+    good, late = cluster.backend(), free_port()
+    admin = free_port()
+    config = cluster.tmp / "lb.toml"
+    log = cluster.tmp / "lb.log"
+
+    def write(health: str, max_fails: int) -> None:
+        config.write_text(
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n[log]\nfile = "{log}"\n'
+            f'[[services]]\nname = "web"\nlisten = "127.0.0.1:{port}"\n'
+            f'backends = ["127.0.0.1:{good}", "127.0.0.1:{late}"]\n'
+            f'ejection_time = "1s"\nslow_start = "2s"\nmax_fails = {max_fails}\n'
+            f"[services.health_check]\n{health}\n"
+        )
+
+    def reload(count: int) -> None:
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: len(re.findall(r"event reload ", read_log(log))) == count, 10)
+
+    def late_backend() -> dict[str, object]:
+        backends = call(admin, "GET", "/api/backends")[1]
+        return next(b for b in backends if b["address"] == f"127.0.0.1:{late}")
+
+    port = free_port()
+    write('interval = "300ms"\nfall = 1', 3)
+    proc, _ = cluster.balancer("--config", str(config))
+    wait_for_log(log, rf"event down .*127\.0\.0\.1:{late} down: 1 consecutive tcp check failure")
+    write("enabled = false", 3)
+    reload(1)
+    wait_for_log(log, rf"event up .*127\.0\.0\.1:{late} up: health checks turned off")
+
+    # Nothing listens there yet: a refused connect ejects it (the client is served anyway).
+    wait_until(lambda: exchange(port) != b"" and "ejected for 1s" in read_log(log), 10)
+    listening = Process(balancer_cmd("backend", str(late)))
+    cluster.processes.append(listening)
+    listening.expect("listening")
+    write("enabled = false", 4)
+    reload(2)
+    wait_for_log(log, rf"event up .*127\.0\.0\.1:{late} up: ejection of 1s over, slow start")
+    write("enabled = false", 5)
+    reload(3)  # (in the middle of the slow start)
+    wait_until(lambda: late_backend()["effective_weight"] == 1, 10, "the slow start's end")
+    assert late in {served_by(exchange(port)) for _ in range(6)}
+
+
+def test_discovered_server_is_up_at_its_first_passed_check(cluster: Cluster) -> None:
+    # A port found by `discover` whose server fails its first checks (it is still starting)
+    # takes traffic at its first passed check, not after `rise` of them.
+    checker = socket.socket()
+    checker.bind(("127.0.0.1", 0))
+    checker.listen(64)
+    late = checker.getsockname()[1]
+    checks, ready = threading.Semaphore(0), threading.Event()
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = checker.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                status = b"200 OK" if ready.is_set() else b"503 Starting"
+                conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+            checks.release()
+
+    threading.Thread(target=answer, daemon=True).start()
+    port, log = free_port(), cluster.tmp / "lb.log"
+    config = cluster.tmp / "lb.toml"
+    config.write_text(
+        f'[log]\nfile = "{log}"\n[[services]]\nname = "web"\nlisten = "127.0.0.1:{port}"\n'
+        f'discover = {{ host = "127.0.0.1", ports = "{late}-{late}" }}\n'
+        '[services.health_check]\ntype = "http"\ninterval = "200ms"\nrise = 3\n'
+    )
+    try:
+        cluster.balancer("--config", str(config))
+        for _ in range(2):
+            assert checks.acquire(timeout=10), "no check came"
+        ready.set()
+        line = wait_for_log(log, rf"event up .*127\.0\.0\.1:{late} up: .*").group(0)
+        assert line.endswith("up: http check passed"), line
+    finally:
+        checker.close()

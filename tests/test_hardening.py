@@ -154,7 +154,8 @@ def test_slow_client_flood_is_closed_by_first_byte_timeout(cluster: Cluster) -> 
 class ScriptedBackend:
     """A backend that misbehaves on purpose, one behaviour per connection's first byte."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_close: float = 0.0) -> None:
+        self.idle_close = idle_close  # close a connection that sends nothing for this long
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
@@ -173,7 +174,13 @@ class ScriptedBackend:
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
-            command = conn.recv(1)
+            if self.idle_close:
+                conn.settimeout(self.idle_close)
+            try:
+                command = conn.recv(1)
+            except TimeoutError:
+                return  # (closes: the client said nothing in time)
+            conn.settimeout(None)
             if command == b"R":  # send a little, then reset mid-stream
                 conn.sendall(b"x" * 10000)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -190,6 +197,8 @@ class ScriptedBackend:
                         conn.sendall(block)
             elif command == b"W":  # wait for the client to vanish
                 conn.recv(1)
+            elif command == b"C":  # take the request (this byte), then close without a word
+                pass
             elif command == b"X":  # take the request, then reset without a word
                 conn.recv(65536)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -345,6 +354,45 @@ def test_half_closed_request_is_retried_and_reasons_say_what_happened(cluster: C
         scripted.close()
 
 
+def test_backend_closing_idle_clients_is_not_failing(cluster: Cluster) -> None:
+    # The backend closes connections on which nothing came for 0.5 s (an idle timeout, as
+    # servers have): past the connect timeout, that is the client's silence, not a failure.
+    scripted = ScriptedBackend(idle_close=0.5)
+    port, admin = free_port(), free_port()
+    path = config(
+        cluster,
+        service(
+            "idle",
+            port,
+            [scripted.port],
+            '[services.timeouts]\nconnect = "200ms"\n[services.health_check]\nenabled = false',
+        ),
+        admin=admin,
+    )
+    cluster.balancer("--config", str(path))
+    log = cluster.tmp / "lb.log"
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        for sock in idle:
+            assert sock.recv(10) == b""  # the backend's close, passed on
+            sock.close()
+        closed = r"service=idle .*bytes_in=0 bytes_out=0 .*termination=backend_closed"
+        wait_until(lambda: len(re.findall(closed, read_log(log))) == 4, what="4 access lines")
+        [backend] = call(admin, "GET", "/api/backends")[1]
+        assert (backend["health"], backend["failures"]) == ("up", 0), backend
+
+        # A request that the backend closes unanswered is a failure, counted as such.
+        for _ in range(2):
+            assert exchange(port, b"C") == b""
+        wait_until(
+            lambda: call(admin, "GET", "/api/backends")[1][0]["failures"] == 2,
+            what="two failures counted",
+        )
+        assert " event down " not in read_log(log)
+    finally:
+        scripted.close()
+
+
 def test_acl_and_per_client_limits(cluster: Cluster) -> None:
     backend = cluster.backend("echo")
     denied, limited, rated = free_port(), free_port(), free_port()
@@ -431,6 +479,7 @@ def test_max_connections_and_backend_queue(cluster: Cluster) -> None:
     assert attempt(queued, b"q") == b""  # waited in the queue, timed out
     assert time.monotonic() - began >= 0.9
     wait_for_log(log, r"service=queued .*termination=queue_timeout")
+    wait_for_log(log, r"event refused service=queued .*queue_timeout .*within queue_timeout 1s")
     # A queued client that resets leaves the queue at once (a reset is seen while waiting).
     leaving = socket.create_connection(("127.0.0.1", queued), timeout=10)
     leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

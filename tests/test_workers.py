@@ -8,7 +8,8 @@ import selectors
 import signal
 import socket
 
-from conftest import Cluster, exchange, free_port, read_log, served_by, wait_for_log
+from conftest import Cluster, exchange, free_port, read_log, served_by, wait_for_log, wait_until
+from test_admin import call
 
 
 def alive(s: socket.socket) -> bool:
@@ -22,9 +23,11 @@ def alive(s: socket.socket) -> bool:
 def test_killed_worker_is_replaced_and_others_keep_their_connections(cluster: Cluster) -> None:
     echo = cluster.backend("echo")
     hello = cluster.backend()
+    admin = free_port()
     _, port = cluster.balancer(
-        "--workers", "2", f"--backend=127.0.0.1:{echo}", f"--backend=127.0.0.1:{hello},weight=1"
-    )
+        "--workers", "2", f"--backend=127.0.0.1:{echo}", f"--backend=127.0.0.1:{hello},weight=1",
+        "--admin", f"127.0.0.1:{admin}",
+    )  # fmt: skip
     log = cluster.tmp / "lb.log"
     pids = {
         int(m.group(1)): int(m.group(2))
@@ -33,12 +36,21 @@ def test_killed_worker_is_replaced_and_others_keep_their_connections(cluster: Cl
     assert sorted(pids) == [0, 1]
     held = []
     try:
+        opened = 0
         while len(held) < 20:
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            opened += 1
             if alive(s):
                 held.append(s)  # relayed to the echo backend
             else:
                 s.close()
+
+        # The API sums the workers: 20 open, and every connection in the total.
+        def summed() -> bool:
+            [service] = call(admin, "GET", "/api/services")[1]
+            return bool(service["active"] == 20 and service["total"] == opened)
+
+        wait_until(summed, what=f"20 open connections and {opened} in all")
         os.kill(pids[0], signal.SIGKILL)
         wait_for_log(log, r"event worker_died .*worker 0 .*signal 9; restarting")
         wait_for_log(log, rf"event worker .*worker 0 started, pid (?!{pids[0]}\b)\d+")

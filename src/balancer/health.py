@@ -181,6 +181,23 @@ class Health:
             self._cancel(tracking)
         self.tracking.clear()
 
+    def reconfigure(self, check: HealthCheckConfig, passive: PassiveConfig) -> None:
+        """A reload's settings. Checks restart with the new ones (`sync` starts them), and
+        their counts start afresh; ejections, slow starts and failure counts carry on. With
+        checks turned off, a backend they held down (and no ejection holds) comes back."""
+        if check != self.check:
+            for tracking in self.tracking.values():
+                if tracking.task is not None:
+                    tracking.task.cancel()
+                    tracking.task = None
+                tracking.ok = tracking.failed = 0
+        self.check, self.passive = check, passive
+        if not check.enabled:
+            for backend in list(self.pool.backends.values()):
+                tracking = self._track(backend)
+                if backend.health == DOWN and tracking.timer is None:
+                    self._up(backend, "health checks turned off")
+
     @staticmethod
     def _cancel(tracking: Tracking) -> None:
         for handle in (tracking.task, tracking.timer, tracking.ramp):
@@ -201,8 +218,8 @@ class Health:
         if error is SKIPPED:
             return
         tracking = self._track(backend)
-        first = not backend.checked
-        backend.checked = True
+        # A backend that has never been up nor down (a discovered port) needs one pass.
+        first = not backend.transitions.get(UP) and not backend.transitions.get(DOWN)
         kind = self.check.type
         if error is None:
             tracking.ok += 1
@@ -282,6 +299,9 @@ class Health:
     def _up(self, backend: Backend, reason: str) -> None:
         tracking = self._track(backend)
         tracking.returned_at = time.monotonic()
+        if tracking.ramp is not None:
+            tracking.ramp.cancel()
+            tracking.ramp = None
         was_checked_before = backend.transitions.get(DOWN, 0) > 0
         slow = self.passive.slow_start
         if slow > 0 and was_checked_before:
@@ -294,9 +314,10 @@ class Health:
             self.pool.set_health(backend, UP, reason)
 
     def _schedule_ramp(self, backend: Backend, tracking: Tracking, step: int) -> None:
+        """Step 1 (a tenth of the weight) is at the return, step 10 `slow_start` after it."""
         loop = asyncio.get_running_loop()
         tracking.ramp = loop.call_later(
-            self.passive.slow_start / SLOW_START_STEPS, self._ramp, backend, step + 1
+            self.passive.slow_start / (SLOW_START_STEPS - 1), self._ramp, backend, step + 1
         )
 
     def _ramp(self, backend: Backend, step: int) -> None:

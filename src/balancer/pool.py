@@ -34,7 +34,6 @@ class Backend:
         "address",
         "bytes_in",
         "bytes_out",
-        "checked",
         "connect_failures",
         "effective_weight",
         "failures",
@@ -60,7 +59,6 @@ class Backend:
         self.effective_weight: float = weight
         self.health = health
         self.state = ENABLED
-        self.checked = False
         self.active = 0
         self.others = 0  # open connections on other worker processes, as of the last pick
         self.slot = -1  # its cell in the workers' shared memory, when there are workers
@@ -155,7 +153,6 @@ class Pool:
         return backend
 
     def set_health(self, backend: Backend, health: str, reason: str) -> None:
-        backend.checked = True
         if backend.health == health or self.backends.get(backend.address) is not backend:
             return
         backend.health = health
@@ -177,7 +174,8 @@ class Pool:
         if backend.weight == weight:
             return
         old, backend.weight = backend.weight, weight
-        backend.effective_weight = weight
+        # (in a slow start, the ramp goes on at the same fraction of the new weight)
+        backend.effective_weight = backend.effective_weight * weight / old if old else weight
         self.rebuild()
         self._emit("weight", backend, f"weight {old} -> {weight}")
 

@@ -444,8 +444,11 @@ class Session(asyncio.Protocol):
 
     def _queue_timed_out(self) -> None:
         self.queue_timer = None
-        self.service.dequeue(self)
+        service = self.service
+        service.dequeue(self)
         self.connecting = False
+        waited = f"no free slot within queue_timeout {service.config.limits.queue_timeout:g}s"
+        service.refusal(Termination.QUEUE_TIMEOUT, self.peer, waited)
         self._refuse(Termination.QUEUE_TIMEOUT)
 
     def _stop_connecting(self) -> None:
@@ -546,13 +549,21 @@ class Session(asyncio.Protocol):
         unanswered = self.bytes_out == 0 and (exc is not None or not self.client_eof)
         if not unanswered or not self.client_open:
             return False  # (a client that left first is no fault of the backend's)
-        self.service.backend_failed(upstream.backend, describe_error(exc))
+        service = self.service
+        if (
+            exc is None
+            and not self.bytes_in
+            and self.loop.time() - self.relaying_since > service.config.timeouts.connect
+        ):
+            return False  # a client that sent nothing, closed by the backend's idle timeout
+        self.last_error = f"{describe_error(exc)} before answering"
+        service.backend_failed(upstream.backend, describe_error(exc))
         if self.termination is not None and self.termination is not Termination.CLIENT_CLOSED:
             return False  # (ending already; a client's half-close is no reason not to retry)
         if self.bytes_in and self.replay is None:
             return False  # the client's bytes are gone with that backend
         # Abandon this backend connection and walk on down the candidates.
-        self.service.release(upstream.backend)
+        service.release(upstream.backend)
         self.upstream = None
         self.backend = None
         self.backend_open = False

@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from balancer import algorithms, stream
-from balancer.config import Address, BackendConfig, ServiceConfig
+from balancer.config import (
+    Address,
+    BackendConfig,
+    HealthCheckConfig,
+    PassiveConfig,
+    ServiceConfig,
+)
 from balancer.health import Health
 from balancer.logs import AccessRecord, EventLog
 from balancer.pool import DOWN, ENABLED, UP, Backend, Pool
@@ -61,6 +67,8 @@ class PassiveHealth(Protocol):
     def sync(self) -> None: ...
 
     def stop(self) -> None: ...
+
+    def reconfigure(self, check: HealthCheckConfig, passive: PassiveConfig) -> None: ...
 
     def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None: ...
 
@@ -263,9 +271,7 @@ class Service:
             else:
                 self.pool.set_weight(backend, backend_config.weight)
             self._configure(backend, backend_config)
-        if (config.health_check, config.passive) != (old.health_check, old.passive):
-            self.health.stop()
-            self.health = self._make_health()
+        self.health.reconfigure(config.health_check, config.passive)
         self.health.sync()
         self.pool.rebuild()
 
@@ -293,8 +299,10 @@ class Service:
     def _panic_changed(self, panicking: bool, count: int) -> None:
         if panicking:
             message = f"panic: no backend is up, spreading over all {count} enabled backends"
-        else:
+        elif count:
             message = "panic over: a backend is up again"
+        else:
+            message = "panic over: no backend is enabled"
         self.log.event("panic" if panicking else "panic_over", message, service=self.name)
 
     def connect_failed(self, backend: Backend, error: str, *, refused: bool) -> None:

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from balancer.config import Address, Config
+from balancer.config import Address, Config, HealthCheckConfig, PassiveConfig
 from balancer.pool import Backend, Pool
 from balancer.shared import MAX_SERVICES, MAX_SLOTS, SharedState
 from balancer.stats import BackendStats, Timing
@@ -173,6 +173,9 @@ class RemoteHealth:
 
     def stop(self) -> None:
         pass
+
+    def reconfigure(self, check: HealthCheckConfig, passive: PassiveConfig) -> None:
+        pass  # (the supervisor's health has the settings)
 
     def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None:
         backend.failures += 1
@@ -464,7 +467,7 @@ class Supervisor:
             for worker in self.workers:
                 service.refusals.update(worker.figures.get(name, {}).get("refused", {}))
             whole = totals.get("", Totals())
-            service.accepted = whole.total - opened
+            service.accepted = whole.total  # (finished connections; the open ones are apart)
             service.stats = whole.stats
             for b in service.pool.backends.values():
                 t = totals.get(b.key, Totals())
