@@ -63,6 +63,46 @@ def test_bad_flags_exit_nonzero_with_one_clear_line(args: list[str], expected: s
     assert len(errors) == 1, result.stderr
 
 
+def test_backend_range_without_health_checks_is_refused(tmp_path: Path) -> None:
+    """Discovered backends start down and only a passed check brings one up: with checks off
+    every client would be refused, so the command line refuses the combination (usage: 2)."""
+    result = run_cli(
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend-range",
+        "127.0.0.1:9001-9003",
+        "--no-health-check",
+        "--log-file",
+        str(tmp_path / "lb.log"),
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert "--backend-range cannot be combined with --no-health-check" in errors[0]
+
+
+def test_discovery_without_health_checks_in_a_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "lb.toml"
+    config.write_text(
+        """
+[[services]]
+name = "web"
+listen = "127.0.0.1:0"
+discover = { host = "127.0.0.1", ports = "9001-9003" }
+[services.health_check]
+enabled = false
+"""
+    )
+    for command in (["check", str(config)], ["run", "--config", str(config)]):
+        result = run_cli(*command)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert "services[0].discover: needs active health checks, but " in result.stderr
+        assert "services[0].health_check.enabled = false" in result.stderr
+
+
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

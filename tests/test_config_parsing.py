@@ -155,6 +155,41 @@ def test_duplicates() -> None:
     ]
 
 
+DISCOVERY = """
+[[services]]
+name = "web"
+listen = "127.0.0.1:8000"
+backends = ["127.0.0.1:9000"]
+discover = { host = "127.0.0.1", ports = "9001-9009" }
+"""
+
+
+def test_discovery_without_health_checks_is_an_error() -> None:
+    """Discovered backends start down and only a passed active check brings one up: without
+    checks the service would refuse every client for ever, so the config says so instead."""
+    for checks_off in ("[services.health_check]\nenabled = false", "health_check.enabled = false"):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(tomllib.loads(DISCOVERY + checks_off))
+        assert caught.value.errors == [
+            "services[0].discover: needs active health checks, but "
+            "services[0].health_check.enabled = false: discovered backends start down and only "
+            "a passed check brings one up, so none would ever take a connection (turn the "
+            "checks on, or list the backends instead)"
+        ]
+    # Either alone is fine: discovery with checks, a static list without them.
+    assert parse_config(tomllib.loads(DISCOVERY)).services[0].discover is not None
+    static = DISCOVERY.replace('discover = { host = "127.0.0.1", ports = "9001-9009" }\n', "")
+    config = parse_config(tomllib.loads(static + "health_check.enabled = false"))
+    assert not config.services[0].health_check.enabled
+
+
+def test_discovery_without_health_checks_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "lb.toml"
+    path.write_text(DISCOVERY + "health_check.enabled = false")
+    with pytest.raises(ConfigError, match=r"lb\.toml: services\[0\]\.discover: needs active"):
+        load_config(path)
+
+
 def test_files(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(FULL)

@@ -86,6 +86,103 @@ def test_round_robin_examples() -> None:
     assert [i for i in smooth_schedule([5, 1, 1])] == [0, 0, 1, 0, 2, 0, 0]
 
 
+def intermittent_shares(
+    algorithm: algorithms.Algorithm, weights: list[int], phases: list[tuple[bool, int]]
+) -> tuple[Counter[str], dict[str, float]]:
+    """Picks per backend while the last backend goes in and out of rotation, `update` called on
+    every change, and each backend's exact share of the picks made while it was eligible."""
+    pool = backends(weights)
+    picks: Counter[str] = Counter()
+    entitled = {b.key: 0.0 for b in pool}
+    for present, count in phases:
+        eligible = pool if present else pool[:-1]
+        algorithm.update(eligible)
+        total = sum(b.weight for b in eligible)
+        for _ in range(count):
+            picks[first(algorithm).key] += 1
+            for b in eligible:
+                entitled[b.key] += b.weight / total
+    return picks, entitled
+
+
+def test_round_robin_intermittent_backend_keeps_its_share() -> None:
+    """D is drained and enabled again every 3 connections; each rebuild used to restart the
+    cycle at A, so D got none of the 90 picks it was eligible for (its share: 22.5)."""
+    picks, entitled = intermittent_shares(RoundRobin(), [1, 1, 1, 1], [(False, 3), (True, 3)] * 30)
+    assert entitled["127.0.0.1:9003"] == 22.5
+    for key, share in entitled.items():
+        assert abs(picks[key] - share) <= 1.5, (picks, entitled)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(1, 10), min_size=2, max_size=6),
+    st.lists(st.tuples(st.booleans(), st.integers(1, 12)), min_size=1, max_size=40),
+)
+def test_round_robin_shares_hold_across_rebuilds(
+    weights: list[int], phases: list[tuple[bool, int]]
+) -> None:
+    """However often the eligible set changes, every backend stays within a few picks of its
+    exact share of the picks made while it was eligible."""
+    picks, entitled = intermittent_shares(RoundRobin(), weights, phases)
+    for key, share in entitled.items():
+        assert abs(picks[key] - share) < 2, (picks, entitled)
+
+
+@given(weights_strategy, st.integers(1, 60))
+def test_round_robin_rebuild_without_change_keeps_the_cycle(weights: list[int], picks: int) -> None:
+    """A rebuild that changes nothing (an admin no-op, a reload, other backends' slow-start
+    steps landing on the same weights) must not restart the cycle."""
+    steady = RoundRobin()
+    steady.update(backends(weights))
+    expected = [first(steady).key for _ in range(picks)]
+    rebuilt = RoundRobin()
+    seen = []
+    for _ in range(picks):
+        rebuilt.update(backends(weights))  # fresh Backend objects, same addresses and weights
+        seen.append(first(rebuilt).key)
+    assert seen == expected
+
+
+def test_round_robin_slow_start_steps_keep_shares() -> None:
+    """Slow start's ten steps rebuild the pool ten times. With two connections per step the
+    restarted cycle sent every one to A and B, none to the returning C."""
+    pool = backends([1, 1, 1])
+    rr = RoundRobin()
+    picks: Counter[str] = Counter()
+    entitled = {b.key: 0.0 for b in pool}
+    for step in range(1, 11):
+        pool[2].effective_weight = step / 10
+        rr.update(pool)
+        for _ in range(2):
+            picks[first(rr).key] += 1
+            for b in pool:
+                entitled[b.key] += b.effective_weight / (2 + pool[2].effective_weight)
+    for key, share in entitled.items():  # C: 4.1 of the 20
+        assert abs(picks[key] - share) <= 1, (picks, entitled)
+
+
+def test_round_robin_shared_cursor_continues_across_rebuilds() -> None:
+    """With workers, the position lives in shared memory and survives every rebuild; two
+    workers walking it between them still give exact shares."""
+    from balancer.shared import SharedCursor, SharedState
+
+    state = SharedState(None, 2)
+    try:
+        workers = [RoundRobin(), RoundRobin()]
+        for rr in workers:
+            rr.cursor = SharedCursor(state, 0)
+        pool = backends([1, 2, 3])
+        picks: Counter[str] = Counter()
+        for turn in range(60):
+            rr = workers[turn % 2]
+            rr.update(pool)
+            picks[first(rr).key] += 1
+        assert picks == {pool[0].key: 10, pool[1].key: 20, pool[2].key: 30}
+    finally:
+        state.close()
+
+
 # -- least connections -------------------------------------------------------------------------
 
 
@@ -135,6 +232,54 @@ def test_least_connections_counts_other_workers() -> None:
     lc = LeastConnections()
     lc.update(pool)
     assert first(lc) is pool[1]
+
+
+def test_least_connections_intermittent_backend_keeps_its_share() -> None:
+    """Idle backends tie; the tie used to go round from A again after every rebuild, so a
+    backend drained and enabled every 3 connections never got one."""
+    lc = LeastConnections()
+    picks, entitled = intermittent_shares(lc, [1, 1, 1, 1], [(False, 3), (True, 3)] * 30)
+    for key, share in entitled.items():
+        assert abs(picks[key] - share) <= 1.5, (picks, entitled)
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(st.integers(1, 10), min_size=2, max_size=6),
+    st.lists(st.tuples(st.booleans(), st.integers(1, 12)), min_size=1, max_size=40),
+)
+def test_least_connections_equal_idle_shares_hold_across_rebuilds(
+    weights: list[int], phases: list[tuple[bool, int]]
+) -> None:
+    """Equal weights, idle: every pick is a tie, and the ties stay shared evenly."""
+    equal = [weights[0]] * len(weights)
+    picks, entitled = intermittent_shares(LeastConnections(), equal, phases)
+    for key, share in entitled.items():
+        assert abs(picks[key] - share) < 2, (picks, entitled)
+
+
+def test_least_connections_rebuild_without_change_keeps_rotating() -> None:
+    pool = backends([1, 1, 1])
+    lc = LeastConnections()
+    picks: Counter[str] = Counter()
+    for _ in range(30):
+        lc.update(pool)
+        picks[first(lc).key] += 1
+    assert picks == {b.key: 10 for b in pool}
+
+
+def test_least_connections_long_busy_backend_gets_no_run_of_ties() -> None:
+    """A backend passed over for a long time (it held a connection) must not then win every
+    tie for as long again: what it is owed for ties is bounded."""
+    pool = backends([1, 1, 1])
+    lc = LeastConnections()
+    lc.update(pool)
+    pool[0].active = 1
+    for _ in range(1000):
+        assert first(lc) is not pool[0]  # B and C: load 1 against A's 2
+    pool[0].active = 0
+    picks = Counter(first(lc).key for _ in range(30))
+    assert picks[pool[0].key] <= 13
 
 
 # -- random and power of two -------------------------------------------------------------------

@@ -239,6 +239,12 @@ def config_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(
             "no backends: give --backend HOST:PORT (repeatable), --backend-range or --config"
         )
+    if args.backend_range and args.no_health_check:
+        parser.error(
+            "--backend-range cannot be combined with --no-health-check: discovered backends "
+            "start down and only a passed health check brings one up, so none would ever take "
+            "a connection"
+        )
     seen = set()
     for backend in args.backend:
         if backend.address in seen:

@@ -524,6 +524,13 @@ def _service(item: object, path: str, errors: list[str]) -> ServiceConfig | None
         errors.append(f'{table.key("listen")}: required, as "0.0.0.0:8000"')
     if not raw_backends and "discover" not in table.data:
         errors.append(f"{table.key('backends')}: a service needs backends or discover")
+    if discover is not None and not health.enabled:
+        errors.append(
+            f"{table.key('discover')}: needs active health checks, but "
+            f"{table.key('health_check')}.enabled = false: discovered backends start down "
+            "and only a passed check brings one up, so none would ever take a connection "
+            "(turn the checks on, or list the backends instead)"
+        )
     if len(errors) > before or listen is None:
         return None
     return ServiceConfig(

@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from balancer.algorithms.round_robin import SmoothWeights, selection_weight
+
 if TYPE_CHECKING:
     from balancer.pool import Backend
+
+# What a backend can be owed or owe for ties, in picks: one passed over for a long time (it
+# held connections) wins the next few ties, not a run as long as the time it waited.
+MAX_OWED = 2
 
 
 def load(backend: Backend) -> float:
@@ -15,25 +21,30 @@ def load(backend: Backend) -> float:
 
 
 class LeastConnections:
-    """Ties go round in rotation, so equal backends share evenly even when idle."""
+    """Ties go to the backend furthest behind its weight's share, as smooth weighted
+    round-robin would pick: equal backends share evenly even when idle, and keep doing so
+    while others come and go (that state is carried over every rebuild)."""
 
     uses_load = True  # reads active connections, which several workers must sum
 
     def __init__(self) -> None:
         self._backends: tuple[Backend, ...] = ()
-        self._rotation = 0
+        self._smooth = SmoothWeights()
 
     def update(self, backends: Sequence[Backend]) -> None:
         self._backends = tuple(backends)
-        self._rotation = 0
+        self._smooth.update([b.key for b in backends], [selection_weight(b) for b in backends])
 
     def candidates(self, client: str) -> Iterator[Backend]:
         backends = self._backends
         count = len(backends)
         if not count:
             return
-        start = self._rotation
-        self._rotation = (start + 1) % count
-        order = sorted(range(count), key=lambda i: (load(backends[i]), (i - start) % count))
+        smooth = self._smooth
+        current = smooth.advance()
+        order = sorted(range(count), key=lambda i: (load(backends[i]), -current[i]))
+        smooth.charge(order[0])
+        bound = MAX_OWED * smooth.total
+        current[:] = [min(max(value, -bound), bound) for value in current]
         for i in order:
             yield backends[i]

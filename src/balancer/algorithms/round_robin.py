@@ -1,8 +1,15 @@
-"""Smooth weighted round-robin, as nginx does it, precomputed into one cycle."""
+"""Smooth weighted round-robin, as nginx does it.
+
+One worker runs nginx's algorithm live, keeping each backend's current weight across rebuilds,
+so shares stay exact while backends come and go and weights change. Several workers walk one
+precomputed cycle with a position in shared memory (see balancer.shared), which also carries
+on across rebuilds.
+"""
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Sequence
 from functools import reduce
 from typing import TYPE_CHECKING
@@ -12,6 +19,13 @@ if TYPE_CHECKING:
     from balancer.shared import SharedCursor
 
 MAX_CYCLE = 65536
+# Backends out of rotation whose place is remembered (drained, down, slow-starting elsewhere).
+MAX_HELD = 4096
+
+
+def selection_weight(backend: Backend) -> int:
+    """In sixteenths, so a slow-starting backend's fractional weight still counts."""
+    return max(1, round(backend.effective_weight * 16))
 
 
 def smooth_schedule(weights: Sequence[int]) -> list[int]:
@@ -36,33 +50,89 @@ def smooth_schedule(weights: Sequence[int]) -> list[int]:
     return schedule
 
 
+class SmoothWeights:
+    """nginx's smooth weighted round-robin state: each backend's current weight, carried over
+    every rebuild (nginx keeps a peer's current_weight the same way).
+
+    A pick adds every weight to its backend's current weight, and the highest is picked and
+    pays the total. A current weight is what a backend is owed (or owes) in picks, times the
+    total, so across a rebuild it is rescaled to the new total; a backend out of rotation
+    keeps it until it returns. Each backend then stays within a pick or two of its exact share
+    of the picks made while it was eligible, however often the eligible set changes; and a
+    rebuild that changes nothing changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.keys: tuple[str, ...] = ()
+        self.weights: list[int] = []
+        self.total = 0
+        self.current: list[int] = []
+        # key -> (current weight, the total it is counted against), oldest first.
+        self.held: dict[str, tuple[int, int]] = {}
+
+    def update(self, keys: Sequence[str], weights: Sequence[int]) -> None:
+        held = self.held
+        for key, value in zip(self.keys, self.current, strict=True):
+            held.pop(key, None)
+            held[key] = (value, self.total)
+        total = sum(weights)
+        current = []
+        for key in keys:
+            value, counted = held.pop(key, (0, total))
+            if counted != total:  # rescale, rounding to nearest, in integers
+                value = (2 * value * total + counted) // (2 * counted)
+            current.append(value)
+        while len(held) > MAX_HELD:
+            del held[next(iter(held))]
+        self.keys, self.weights, self.total = tuple(keys), list(weights), total
+        self.current = current
+
+    def advance(self) -> list[int]:
+        """Add every weight to its current weight; the current weights, for the choice."""
+        current = self.current
+        current[:] = map(operator.add, current, self.weights)
+        return current
+
+    def charge(self, index: int) -> None:
+        self.current[index] -= self.total
+
+    def pick(self) -> int:
+        current = self.advance()
+        best = current.index(max(current))  # ties: the first, as smooth_schedule
+        current[best] -= self.total
+        return best
+
+
 class RoundRobin:
     """Over each cycle every backend gets exactly its weight's share, interleaved."""
 
     def __init__(self) -> None:
         self._backends: tuple[Backend, ...] = ()
-        self._schedule: list[int] = []
-        self._position = 0
-        # With several workers, a position shared by all of them (see balancer.shared).
+        self._weights: list[int] = []
+        self._smooth = SmoothWeights()
+        # Built on first use with a shared cursor: the one cycle all workers walk.
+        self._schedule: list[int] | None = None
+        # With several workers, a position shared by all of them (see balancer.shared). It is
+        # never reset: a rebuild carries on from it, modulo the new cycle's length.
         self.cursor: SharedCursor | None = None
 
     def update(self, backends: Sequence[Backend]) -> None:
         self._backends = tuple(backends)
-        # Sixteenths, so a slow-starting backend's fractional weight still counts.
-        weights = [max(1, round(b.effective_weight * 16)) for b in backends]
-        self._schedule = smooth_schedule(weights)
-        self._position = 0
+        self._weights = [selection_weight(b) for b in backends]
+        self._smooth.update([b.key for b in backends], self._weights)
+        self._schedule = None
 
     def candidates(self, client: str) -> Iterator[Backend]:
-        backends, schedule = self._backends, self._schedule
-        if not schedule:
+        backends = self._backends
+        if not backends:
             return
         if self.cursor is not None:
-            position = self.cursor.next(len(schedule))
+            schedule = self._schedule
+            if schedule is None:
+                schedule = self._schedule = smooth_schedule(self._weights)
+            first = schedule[self.cursor.next(len(schedule))]
         else:
-            position = self._position
-            self._position = (position + 1) % len(schedule)
-        first = schedule[position]
+            first = self._smooth.pick()
         yield backends[first]
         count = len(backends)
         for step in range(1, count):
