@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import Cluster, Process, balancer_cmd, exchange, free_port, served_by
+from conftest import (
+    Cluster,
+    Process,
+    balancer_cmd,
+    exchange,
+    free_port,
+    read_log,
+    served_by,
+    wait_for_log,
+)
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -48,6 +58,22 @@ def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]
             "argument --backend-range: expected 1 <= FIRST <= LAST",
         ),
         ([], "no backends: give --backend"),
+        (
+            ["--backend", "127.0.0.1:9001", "--name", "web\nevent up forged"],
+            "argument --name: expected 1-64 letters, digits",
+        ),
+        (
+            ["--config", "lb.toml", "--no-health-check", "--retries", "0", "--name", "web"],
+            "--name, --retries, --no-health-check cannot be combined with --config",
+        ),
+        (
+            ["--config", "lb.toml", "--connect-timeout", "1s", "--idle-timeout", "1m"],
+            "--connect-timeout, --idle-timeout cannot be combined with --config",
+        ),
+        (
+            ["--config", "lb.toml", "--no-backend-message", "busy"],
+            "--no-backend-message cannot be combined with --config",
+        ),
         (
             ["--backend", "127.0.0.1:9001", "--backend", "127.0.0.1:9001"],
             "duplicate backend 127.0.0.1:9001",
@@ -211,3 +237,34 @@ def test_demo_starts_backends_balancer_and_dashboard(tmp_path: Path) -> None:
         demo.stop()
     assert demo.proc.returncode == 0
     assert (tmp_path / "load_balancer.log").exists()
+
+
+def test_check_refuses_what_run_refuses_and_reload_skips_the_admin_table(
+    cluster: Cluster,
+) -> None:
+    backend = cluster.backend()
+    port, log = free_port(), cluster.tmp / "lb.log"
+    config = cluster.tmp / "lb.toml"
+    services = (
+        f'[log]\nfile = "{log}"\n[[services]]\nname = "web"\n'
+        f'listen = "127.0.0.1:{port}"\nbackends = ["127.0.0.1:{backend}"]\n'
+    )
+    # An admin API open to the network without a token: `check` says no, as `run` would.
+    config.write_text(f'[admin]\nlisten = "0.0.0.0:0"\n{services}')
+    result = run_cli("check", str(config))
+    assert result.returncode == 1
+    assert "admin.listen: the admin API on non-loopback address 0.0.0.0:0 needs a token" in (
+        result.stderr
+    )
+
+    # The token file is read at start only: a reload does not need it any more.
+    token = cluster.tmp / "token"
+    token.write_text("s3cret\n")
+    config.write_text(f'[admin]\nlisten = "127.0.0.1:0"\ntoken_file = "{token}"\n{services}')
+    assert run_cli("check", str(config)).returncode == 0
+    proc, _ = cluster.balancer("--config", str(config))
+    token.unlink()
+    proc.signal(signal.SIGHUP)
+    wait_for_log(log, r"event reload ")
+    assert "reload_failed" not in read_log(log)
+    assert served_by(exchange(port)) == backend

@@ -143,6 +143,17 @@ def test_every_error_named_at_once() -> None:
         assert any(line in e for e in errors), (line, errors)
 
 
+def test_health_check_host_cannot_inject_header_lines() -> None:
+    data = tomllib.loads(FULL)
+    data["services"][0]["health_check"]["host"] = "example.com\r\nX-Injected: 1"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    assert caught.value.errors == [
+        "services[0].health_check.host: expected a host name without spaces or control "
+        "characters, got 'example.com\\r\\nX-Injected: 1'"
+    ]
+
+
 def test_duplicates() -> None:
     data = tomllib.loads(FULL)
     data["services"][1]["listen"] = "0.0.0.0:8000"

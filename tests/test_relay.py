@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import signal
 import socket
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import Cluster, exchange, read_log, served_by, wait_for_log, wait_until
+from conftest import Cluster, exchange, free_port, read_log, served_by, wait_for_log, wait_until
 
 MIB = 1024 * 1024
 
@@ -201,3 +202,39 @@ def test_sigterm_drains_open_connection(any_cluster: Cluster) -> None:
         assert s.recv(100) == b""
     assert proc.wait() == 0
     wait_for_log(cluster.tmp / "lb.log", r"event stop")
+
+
+def test_reload_applies_grace_and_service_limit(cluster: Cluster) -> None:
+    backend = cluster.backend("echo")
+    port = free_port()
+    log = cluster.tmp / "lb.log"
+    config = cluster.tmp / "lb.toml"
+
+    def write(limit: int, grace: str) -> None:
+        config.write_text(
+            f'grace = "{grace}"\n[log]\nfile = "{log}"\n'
+            f'[[services]]\nname = "web"\nlisten = "127.0.0.1:{port}"\n'
+            f'backends = ["127.0.0.1:{backend}"]\nmax_connections = {limit}\n'
+        )
+
+    write(1, "60s")
+    proc, _ = cluster.balancer("--config", str(config))
+    first = socket.create_connection(("127.0.0.1", port), timeout=10)
+    second = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        first.sendall(b"1")
+        assert first.recv(10) == b"1"
+        second.sendall(b"2")
+        wait_for_log(log, r"accept_paused service=web .*max_connections 1 reached")
+        # A higher limit lets the waiting client in at once, not when the first one leaves.
+        write(5, "1s")
+        proc.signal(signal.SIGHUP)
+        wait_for_log(log, r"event reload ")
+        assert second.recv(10) == b"2"
+        # SIGTERM waits the grace of the config now in force: 1 s, not 60.
+        proc.signal(signal.SIGTERM)
+        wait_for_log(log, r"SIGTERM: stopping, 2 connections open, grace 1s")
+        assert proc.wait(timeout=15) == 0
+    finally:
+        first.close()
+        second.close()

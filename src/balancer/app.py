@@ -147,7 +147,10 @@ class Balancer:
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM", self.config.grace)
+        # (the grace as it is when the signal comes: a reload may have changed it)
+        loop.add_signal_handler(
+            signal.SIGTERM, lambda: self.request_stop("SIGTERM", self.config.grace)
+        )
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT", 0.0)
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
 
@@ -163,7 +166,7 @@ class Balancer:
                 errors = ["nothing to reload: the balancer was started from flags, not --config"]
             else:
                 try:
-                    new = load_config(self.config_path)
+                    new = load_config(self.config_path, admin_table=False)
                 except ConfigError as exc:
                     errors = exc.errors
                 else:
@@ -219,6 +222,7 @@ class Balancer:
                 self.services[cfg.name] = fresh[cfg.name]
             else:
                 self.services[cfg.name].apply(cfg, servers.get(cfg.name))
+                self.services[cfg.name].admit_waiting()  # (a higher max_connections lets them in)
         self.config = Config(
             services=new.services,
             log=self.config.log,

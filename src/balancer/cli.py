@@ -21,6 +21,7 @@ from balancer.config import (
     ServiceConfig,
     Timeouts,
     check_algorithm,
+    check_service_name,
     load_config,
     parse_address,
     parse_duration,
@@ -122,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="round_robin (default), least_connections, random, power_of_two, source_hash, "
         "or a dotted path to your own class",
     )
-    run.add_argument("--name", default="default", help="service name (default: default)")
+    run.add_argument(
+        "--name",
+        type=_flag_type(check_service_name),
+        default="default",
+        help="service name (default: default)",
+    )
     run.add_argument(
         "--workers",
         type=_flag_type(parse_workers),
@@ -218,6 +224,12 @@ def config_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser)
                 ("--backend", args.backend),
                 ("--backend-range", args.backend_range),
                 ("--algorithm", args.algorithm),
+                ("--name", args.name != "default"),
+                ("--connect-timeout", args.connect_timeout),
+                ("--idle-timeout", args.idle_timeout),
+                ("--retries", args.retries is not None),
+                ("--no-backend-message", args.no_backend_message is not None),
+                ("--no-health-check", args.no_health_check),
             )
             if value
         ]
@@ -277,9 +289,13 @@ def config_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser)
     )
 
 
-def _admin_from_flags(args: argparse.Namespace, admin: AdminConfig) -> AdminConfig:
-    token = args.admin_token or os.environ.get("BALANCER_ADMIN_TOKEN") or admin.token
-    return AdminConfig(listen=args.admin or admin.listen, token=token)
+def _admin_from_flags(args: argparse.Namespace | None, admin: AdminConfig) -> AdminConfig:
+    """The admin settings: flags first, then BALANCER_ADMIN_TOKEN, then the config file."""
+    flag_token = args.admin_token if args is not None else None
+    token = flag_token or os.environ.get("BALANCER_ADMIN_TOKEN") or admin.token
+    return AdminConfig(
+        listen=(args.admin if args is not None else None) or admin.listen, token=token
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,6 +304,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             config = load_config(args.file)
+            admin = _admin_from_flags(None, config.admin)
+            if admin.listen is not None and not admin.token:
+                from balancer.admin import is_loopback
+
+                if not is_loopback(admin.listen.host):
+                    print(
+                        f"{args.file}: admin.listen: the admin API on non-loopback address "
+                        f"{admin.listen} needs a token: set [admin] token or token_file, or "
+                        "BALANCER_ADMIN_TOKEN",
+                        file=sys.stderr,
+                    )
+                    return 1
             print(f"{args.file}: ok, {len(config.services)} service(s)")
             return 0
         if args.command == "run":

@@ -332,7 +332,7 @@ def check_algorithm(name: object) -> str:
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _service_name(value: object) -> str:
+def check_service_name(value: object) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise ValueError(f"expected 1-64 letters, digits, '_', '.' or '-', got {value!r}")
     return value
@@ -437,6 +437,13 @@ def _http_path(value: object) -> str:
     return text
 
 
+def _http_host(value: object) -> str:
+    text = _string(value)
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(f"expected a host name without spaces or control characters, got {text!r}")
+    return text
+
+
 def _health(value: object, path: str, errors: list[str]) -> HealthCheckConfig:
     table = _Table(value, path, errors)
     defaults = HealthCheckConfig()
@@ -448,7 +455,7 @@ def _health(value: object, path: str, errors: list[str]) -> HealthCheckConfig:
         rise=table.get("rise", defaults.rise, _int_in(1, 100)),
         fall=table.get("fall", defaults.fall, _int_in(1, 100)),
         path=table.get("path", defaults.path, _http_path),
-        host=table.get("host", defaults.host, _string),
+        host=table.get("host", defaults.host, _http_host),
         expect_status=table.get("expect_status", defaults.expect_status, parse_status_ranges),
         send=table.get("send", defaults.send, _message),
         expect=table.get("expect", defaults.expect, _regex),
@@ -489,7 +496,7 @@ def _message(value: object) -> bytes:
 def _service(item: object, path: str, errors: list[str]) -> ServiceConfig | None:
     table = _Table(item, path, errors)
     before = len(errors)
-    name = table.get("name", "", _service_name)
+    name = table.get("name", "", check_service_name)
     listen = table.get("listen", None, lambda v: parse_address(v, allow_zero_port=True))
     algorithm = table.get("algorithm", "round_robin", check_algorithm)
     retries = table.get("retries", 3, _int_in(0, 100))
@@ -600,15 +607,20 @@ def parse_workers(value: object) -> int:
     return value
 
 
-def parse_config(data: dict[str, Any]) -> Config:
-    """Validate a whole configuration; raise ConfigError listing every problem."""
+def parse_config(data: dict[str, Any], *, admin_table: bool = True) -> Config:
+    """Validate a whole configuration; raise ConfigError listing every problem.
+
+    Without `admin_table` (a reload: the admin API is set up at start only), [admin] is left
+    unread, so that a token file moved away since does not stop a reload."""
     errors: list[str] = []
     top = _Table(data, "", errors)
     workers = top.get("workers", 1, parse_workers)
     grace = top.get("grace", 30.0, parse_duration)
     top.seen.update({"services", "log", "admin"})
     log = _log(data.get("log", {}), errors)
-    admin = _admin(data["admin"], errors) if "admin" in data else AdminConfig()
+    admin = AdminConfig()
+    if admin_table and "admin" in data:
+        admin = _admin(data["admin"], errors)
     services: list[ServiceConfig] = []
     raw_services = data.get("services")
     if not isinstance(raw_services, list) or not raw_services:
@@ -633,7 +645,7 @@ def parse_config(data: dict[str, Any]) -> Config:
     return Config(services=tuple(services), log=log, admin=admin, workers=workers, grace=grace)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, *, admin_table: bool = True) -> Config:
     """Read and validate a TOML file; errors are prefixed with the file name."""
     path = Path(path)
     try:
@@ -647,6 +659,6 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
     try:
-        return parse_config(data)
+        return parse_config(data, admin_table=admin_table)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {e}" for e in exc.errors) from None
