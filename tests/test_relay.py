@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import signal
 import socket
 import threading
@@ -238,3 +239,43 @@ def test_reload_applies_grace_and_service_limit(cluster: Cluster) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_reload_renames_and_swaps_services_on_their_ports(cluster: Cluster) -> None:
+    h1, h2, echo = cluster.backend(), cluster.backend(), cluster.backend("echo")
+    p1, p2 = free_port(), free_port()
+    log = cluster.tmp / "lb.log"
+    config = cluster.tmp / "lb.toml"
+
+    def write(*services: tuple[str, int, int]) -> None:
+        config.write_text(
+            f'[log]\nfile = "{log}"\n'
+            + "".join(
+                f'[[services]]\nname = "{name}"\nlisten = "127.0.0.1:{port}"\n'
+                f'backends = ["127.0.0.1:{backend}"]\n'
+                for name, port, backend in services
+            )
+        )
+
+    def reload(count: int) -> None:
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: len(re.findall(r"event reload", read_log(log))) == count, 10)
+        assert "reload_failed" not in read_log(log)
+
+    write(("web", p1, echo), ("other", p2, h2))
+    proc, _ = cluster.balancer("--config", str(config))
+    with socket.create_connection(("127.0.0.1", p1), timeout=10) as held:
+        held.sendall(b"a")
+        assert held.recv(10) == b"a"
+        # Two services trade their addresses: each takes over the other's listener.
+        write(("web", p2, h1), ("other", p1, h2))
+        reload(1)
+        assert served_by(exchange(p1)) == h2
+        assert served_by(exchange(p2)) == h1
+        # A service renamed on the same address: the new name takes it over at once.
+        write(("www", p2, h1), ("other", p1, h2))
+        reload(2)
+        assert served_by(exchange(p2)) == h1
+        wait_for_log(log, r"service web removed by reload")
+        held.sendall(b"b")  # opened before both reloads, on the old service: still relayed
+        assert held.recv(10) == b"b"

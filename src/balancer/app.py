@@ -196,13 +196,32 @@ class Balancer:
             if s.name in self.services and s.listen != self.services[s.name].config.listen
         }
         servers = {}
+        wanted = {s.name for s in new.services}
+        # An address that a renamed, moved or removed service leaves is taken over with its
+        # listener (binding it again would find it in use), once every other bind succeeded.
+        holders = {}
+        if self.supervisor is None:
+            holders = {
+                service.config.listen: service
+                for name, service in self.services.items()
+                if (name not in wanted or name in moved) and service.config.listen.port
+            }
+        takes = {
+            name: holders.pop(listen)
+            for name, listen in [
+                *((s.name, s.config.listen) for s in fresh.values()),
+                *((name, cfg.listen) for name, cfg in moved.items()),
+            ]
+            if listen in holders
+        }
         try:
             for service in fresh.values():
-                await self._open(service)
+                if service.name not in takes:
+                    await self._open(service)
             for name, cfg in moved.items():
                 if self.supervisor is not None:
                     self.supervisor.reserve(self.services[name], cfg.listen)
-                else:
+                elif name not in takes:
                     servers[name] = await self.services[name].bind(cfg.listen)
         except StartupError as exc:
             for service in fresh.values():
@@ -210,7 +229,13 @@ class Balancer:
             for server in servers.values():
                 server.close()
             return [str(exc)]
-        wanted = {s.name for s in new.services}
+        for name, holder in takes.items():
+            listener = holder.give_listener()
+            assert listener is not None  # (a service in the config listens)
+            if name in fresh:
+                await fresh[name].start(fresh[name].claim(listener))
+            else:
+                servers[name] = self.services[name].claim(listener)
         for name in [n for n in self.services if n not in wanted]:
             retiring = self.services.pop(name)
             self.log.event("removed", f"service {name} removed by reload, draining", service=name)

@@ -245,9 +245,26 @@ class Service:
             service=self.name,
         )
 
-    async def start(self) -> None:
-        self._serve_on(await self.bind(self.config.listen))
+    async def start(self, server: Listener | None = None) -> None:
+        """Listen (on `server`, a listener taken over from another service, if given)."""
+        self._serve_on(server if server is not None else await self.bind(self.config.listen))
         self.health.sync()
+
+    def give_listener(self) -> Listener | None:
+        """Hand this service's listener to another (a reload that renames or swaps services):
+        this one stops accepting, the socket stays open and keeps its backlog."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.pause()
+        return server
+
+    def claim(self, server: Listener) -> Listener:
+        """Make a listener given by another service deliver its connections here."""
+        self.loop = server.loop
+        self.poller = stream.poller(server.loop)
+        server.accepted, server.exhausted = self._accepted, self._exhausted
+        server.paused = False  # (`_serve_on` starts it, unless this service is at its limit)
+        return server
 
     def apply(self, config: ServiceConfig, server: Listener | None) -> None:
         """Take a reloaded config; open connections continue as they are."""
