@@ -313,3 +313,43 @@ def test_discovered_server_is_up_at_its_first_passed_check(cluster: Cluster) -> 
         assert line.endswith("up: http check passed"), line
     finally:
         checker.close()
+
+
+def test_slow_start_takes_its_whole_time_and_panic_says_why_it_ends(cluster: Cluster) -> None:
+    good, late, admin = cluster.backend(), free_port(), free_port()
+    dead, panic_port, port = free_port(), free_port(), free_port()
+    log, config = cluster.tmp / "lb.log", cluster.tmp / "lb.toml"
+    config.write_text(
+        f'[admin]\nlisten = "127.0.0.1:{admin}"\n[log]\nfile = "{log}"\n'
+        f'[[services]]\nname = "web"\nlisten = "127.0.0.1:{port}"\n'
+        f'backends = ["127.0.0.1:{good}", "127.0.0.1:{late}"]\n'
+        'ejection_time = "500ms"\nslow_start = "2s"\n[services.health_check]\nenabled = false\n'
+        f'[[services]]\nname = "lost"\nlisten = "127.0.0.1:{panic_port}"\n'
+        f'backends = ["127.0.0.1:{dead}"]\npanic = true\n'
+        '[services.health_check]\ninterval = "200ms"\nfall = 1\n'
+    )
+    cluster.balancer("--config", str(config))
+
+    # Ejected by a refused connect, then listening: it returns at a tenth of its weight and
+    # reaches the whole weight slow_start (2 s) after its return, not before.
+    wait_until(lambda: exchange(port) != b"" and "ejected for 0.5s" in read_log(log), 10)
+    listening = Process(balancer_cmd("backend", str(late)))
+    cluster.processes.append(listening)
+    listening.expect("listening")
+    up = wait_for_log(log, rf".* event up .*127\.0\.0\.1:{late} up: .*slow start over 2s").group(0)
+
+    def weight() -> float:
+        backends = call(admin, "GET", "/api/backends?service=web")[1]
+        return float(next(b for b in backends if b["address"].endswith(f":{late}"))[
+            "effective_weight"
+        ])
+
+    wait_until(lambda: weight() == 1.0, 10, "the whole weight")
+    assert time.time() - event_time(up) >= 1.95, "slow start ended early"
+
+    # Panic (no backend up) ends when the operator drains the last backend: it says so.
+    wait_for_log(log, r"event panic service=lost .*no backend is up")
+    status, _ = call(admin, "PATCH", f"/api/backends/lost/127.0.0.1:{dead}", {"state": "drain"})
+    assert status == 200
+    ended = wait_for_log(log, r"event panic_over service=lost .*").group(0)
+    assert ended.endswith("panic over: no backend is enabled"), ended
