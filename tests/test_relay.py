@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
+import os
 import re
 import signal
 import socket
@@ -279,3 +281,15 @@ def test_reload_renames_and_swaps_services_on_their_ports(cluster: Cluster) -> N
         wait_for_log(log, r"service web removed by reload")
         held.sendall(b"b")  # opened before both reloads, on the old service: still relayed
         assert held.recv(10) == b"b"
+
+
+def test_error_names_tell_a_connect_timeout_from_a_dropped_connection() -> None:
+    from balancer.relay import describe_error
+
+    assert describe_error(TimeoutError()) == "connect timeout"  # the balancer's own timer
+    dropped = TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))  # the kernel's
+    assert describe_error(dropped) == os.strerror(errno.ETIMEDOUT).lower()
+    assert describe_error(ConnectionResetError(errno.ECONNRESET, "reset")) == os.strerror(
+        errno.ECONNRESET
+    ).lower()
+    assert describe_error(None) == "closed"

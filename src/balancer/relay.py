@@ -62,8 +62,8 @@ _FINISHED = (Termination.CLIENT_CLOSED, Termination.BACKEND_CLOSED)
 def describe_error(exc: BaseException | None) -> str:
     if exc is None:
         return "closed"
-    if isinstance(exc, TimeoutError):
-        return "connect timeout"
+    if isinstance(exc, TimeoutError) and not exc.errno:
+        return "connect timeout"  # (Dial's own; an ETIMEDOUT from the kernel is named below)
     if isinstance(exc, OSError) and exc.errno and exc.errno > 0:  # (a resolver's are not)
         return os.strerror(exc.errno).lower()
     if isinstance(exc, OSError) and exc.strerror:
