@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -27,11 +28,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 def call(
     admin: int, method: str, path: str, body: object = None, token: str | None = None,
-    raw: bytes | None = None,
+    raw: bytes | None = None, content_type: str | None = "application/json",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:  # fmt: skip
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", data=data, method=method)
-    request.add_header("Content-Type", "application/json")
+    if content_type is not None:
+        request.add_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)  # (a Host given here replaces urllib's own)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -136,7 +141,7 @@ def test_add_drain_remove_through_the_api(cluster: Cluster) -> None:
             "/api/backends",
             {"service": "default", "address": "127.0.0.1:1", "colour": 1},
             400,
-            "unknown field(s) colour",
+            "unknown field(s) 'colour'",
         ),
         ("POST", "/api/backends", [1, 2], 400, "body must be a JSON object"),
         (
@@ -329,3 +334,237 @@ def test_sighup_reload_swaps_backends_and_keeps_open_connections(cluster: Cluste
         assert same.recv(10) == b"ok"
     log = read_log(cluster.tmp / "lb.log")
     assert f"127.0.0.1:{e1} removed" in log and f"127.0.0.1:{h1} added" in log
+
+
+def listed(admin: int) -> dict[str, dict[str, Any]]:
+    return {b["address"]: b for b in call(admin, "GET", "/api/backends")[1]}
+
+
+def test_cross_site_requests_and_foreign_hosts_are_refused(cluster: Cluster) -> None:
+    """A web page the operator visits must not drive the API (CSRF), nor a DNS name rebound
+    to 127.0.0.1 read it; the same-origin dashboard, `balancer status` and curl still work."""
+    backend, spare = cluster.backend(), cluster.backend()
+    _, admin = start(cluster, [backend])
+    new = {"service": "default", "address": f"127.0.0.1:{spare}"}
+    evil = {"Origin": "https://evil.example"}
+
+    # What an HTML form or a no-cors fetch can send without a preflight: refused.
+    status, body = call(admin, "POST", "/api/backends", raw=json.dumps(new).encode(),
+                        content_type="text/plain", headers=evil)  # fmt: skip
+    assert status in (403, 415) and body["error"]
+    status, body = call(admin, "POST", "/api/backends", raw=json.dumps(new).encode(),
+                        content_type="text/plain")  # fmt: skip
+    assert status == 415 and "Content-Type: application/json" in body["error"]
+    status, body = call(admin, "POST", "/api/backends", raw=b"service=default", content_type=None)
+    assert status == 415 and "application/json" in body["error"]
+    status, body = call(admin, "POST", "/api/reload", content_type=None)
+    assert status == 415 and "application/json" in body["error"]
+    status, body = call(admin, "POST", "/api/reload", content_type="text/plain", headers=evil)
+    assert status in (403, 415) and body["error"]
+    status, body = call(
+        admin, "PATCH", f"/api/backends/default/127.0.0.1:{backend}", {"weight": 2},
+        content_type="text/plain",
+    )  # fmt: skip
+    assert status == 415
+    # A JSON body from another origin: refused too, and an Origin of "null" is not ours.
+    status, body = call(admin, "POST", "/api/backends", new, headers=evil)
+    assert status == 403 and "Origin 'https://evil.example'" in body["error"]
+    status, body = call(admin, "POST", "/api/backends", new, headers={"Origin": "null"})
+    assert status == 403
+    status, body = call(admin, "GET", "/api/stats", headers=evil)
+    assert status == 403
+    assert list(listed(admin)) == [f"127.0.0.1:{backend}"]  # nothing changed
+    # No CORS preflight is ever granted.
+    status, _ = call(admin, "OPTIONS", "/api/backends", headers={
+        **evil, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    })  # fmt: skip
+    assert status >= 400
+
+    # DNS rebinding: the page's own name comes as Host.
+    for host in ("evil.example", f"evil.example:{admin}", "127.0.0.1.evil.example", "[::2]"):
+        status, body = call(admin, "GET", "/api/backends", headers={"Host": host})
+        assert status == 421 and "Host" in body["error"], host
+        status, body = call(admin, "GET", "/", headers={"Host": host})
+        assert status == 421, host
+    status, _ = call(admin, "POST", "/api/backends", new, headers={"Host": "evil.example"})
+    assert status == 421
+    assert list(listed(admin)) == [f"127.0.0.1:{backend}"]
+
+    # Loopback names, with or without the port, and the page's own origin are served.
+    for host in ("localhost", f"localhost:{admin}", "127.0.0.1", f"[::1]:{admin}", "LOCALHOST"):
+        assert call(admin, "GET", "/api/services", headers={"Host": host})[0] == 200, host
+    status, body = call(
+        admin, "POST", "/api/backends", new, headers={"Origin": f"http://127.0.0.1:{admin}"}
+    )
+    assert status == 201, body
+    status, body = call(
+        admin, "PATCH", f"/api/backends/default/127.0.0.1:{spare}", {"weight": 2},
+        content_type="application/json; charset=utf-8",
+        headers={"Host": f"localhost:{admin}", "Origin": f"http://localhost:{admin}"},
+    )  # fmt: skip
+    assert status == 200 and body["weight"] == 2
+    # A DELETE cannot be sent cross-site without a preflight: it needs no Content-Type.
+    status, body = call(admin, "DELETE", f"/api/backends/default/127.0.0.1:{spare}",
+                        content_type=None)  # fmt: skip
+    assert status == 200 and body["removed"] == f"127.0.0.1:{spare}"
+    status, body = call(admin, "POST", "/api/reload")  # (started from flags: nothing to reload)
+    assert status == 400 and "nothing to reload" in body["errors"][0]
+    result = subprocess.run(
+        balancer_cmd("status", "--admin", f"http://localhost:{admin}"),
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert result.returncode == 0 and f"127.0.0.1:{backend}" in result.stdout, result.stderr
+
+
+def test_foreign_host_is_served_with_the_token(cluster: Cluster) -> None:
+    backend = cluster.backend()
+    _, admin = start(cluster, [backend], "--admin-token", "s3cret")
+    host = {"Host": f"lb.internal.example:{admin}"}
+    status, body = call(admin, "GET", "/api/services", headers=host)
+    assert status in (401, 421) and body["error"]
+    status, body = call(admin, "GET", "/api/services", token="wrong", headers=host)
+    assert status in (401, 421)
+    status, body = call(admin, "GET", "/api/services", token="s3cret", headers=host)
+    assert status == 200 and body[0]["name"] == "default"
+    assert call(admin, "GET", "/", headers=host)[0] == 200  # the page holds no data
+    # Its own origin, by the name it was reached at, may change things; another may not.
+    path = f"/api/backends/default/127.0.0.1:{backend}"
+    headers = {**host, "Origin": f"http://lb.internal.example:{admin}"}
+    assert call(admin, "PATCH", path, {"weight": 2}, token="s3cret", headers=headers)[0] == 200
+    headers["Origin"] = "http://evil.example"
+    assert call(admin, "PATCH", path, {"weight": 3}, token="s3cret", headers=headers)[0] == 403
+
+
+@pytest.mark.parametrize("name", ["a\r\nb", "x\ny", "\r", "Set-Cookie: x=1\r\n"])
+def test_field_names_with_line_breaks_get_a_json_400(cluster: Cluster, name: str) -> None:
+    backend = cluster.backend()
+    _, admin = start(cluster, [backend])
+    raw = json.dumps({"service": "default", "address": "127.0.0.1:1", name: 1}).encode()
+    status, body = call(admin, "POST", "/api/backends", raw=raw)
+    assert status == 400 and f"unknown field(s) {name!r}" in body["error"], body
+    path = f"/api/backends/default/127.0.0.1:{backend}"
+    status, body = call(admin, "PATCH", path, raw=json.dumps({name: 1}).encode())
+    assert status == 400 and repr(name) in body["error"], body
+    # A value with line breaks too, anywhere a message quotes it.
+    for raw in (
+        json.dumps({"service": "no\r\npe", "address": "127.0.0.1:1"}).encode(),
+        json.dumps({"service": "default", "address": "1.2.3.4:5\r\n"}).encode(),
+        json.dumps({"service": "default", "address": "h\r\nx:1"}).encode(),
+        json.dumps({"service": "default", "address": "127.0.0.1:1", "state": "a\r\nb"}).encode(),
+        json.dumps({"service": "default", "address": "127.0.0.1:1", "weight": "1\r\n"}).encode(),
+        b'{"service": "default", "address": "127.0.0.1:1"\r\n x',
+    ):
+        status, body = call(admin, "POST", "/api/backends", raw=raw)
+        assert status == 400 and body["error"], (raw, body)
+    for path in ("/api/backends/de%0D%0Afault/127.0.0.1:1", "/api/backends/default/a%0D%0Ab:1"):
+        status, body = call(admin, "PATCH", path, {"weight": 2})
+        assert status in (400, 404) and body["error"], (path, body)
+    status, body = call(admin, "GET", "/api/backends?service=x%0D%0Ay")
+    assert status == 404 and body["error"]
+    assert list(listed(admin)) == [f"127.0.0.1:{backend}"]
+
+
+def hold_connection(port: int, admin: int, echo: int) -> socket.socket:
+    """A connection to the echo backend, kept open, once the API counts it."""
+    for _ in range(6):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"x")
+        if s.recv(10) == b"x":
+            wait_until(
+                lambda: listed(admin)[f"127.0.0.1:{echo}"]["active"] == 1,
+                what="the held connection counted",
+            )
+            return s
+        s.close()
+    raise AssertionError("no connection reached the echo backend")
+
+
+def removal_settled(admin: int, log, address: str) -> bool:  # type: ignore[no-untyped-def]
+    """The pending removal has ended one way or the other: removed, or logged as cancelled."""
+    backends = listed(admin)
+    if address not in backends:
+        return True
+    return backends[address]["active"] == 0 and bool(
+        re.search(rf"event removal_cancelled .*backend={re.escape(address)}", read_log(log))
+    )
+
+
+@pytest.mark.parametrize("trigger", ["api", "sighup"])
+def test_reload_resets_admin_changes_and_ends_a_pending_removal(
+    any_cluster: Cluster, trigger: str
+) -> None:
+    cluster = any_cluster
+    a, b = cluster.backend("echo"), cluster.backend()
+    port, admin = free_port(), free_port()
+    log = cluster.tmp / "lb.log"
+    config = cluster.tmp / "lb.toml"
+    config.write_text(
+        f"""
+[admin]
+listen = "127.0.0.1:{admin}"
+[log]
+file = "{log}"
+[[services]]
+name = "web"
+listen = "127.0.0.1:{port}"
+backends = [{{ address = "127.0.0.1:{a}" }}, {{ address = "127.0.0.1:{b}" }}]
+"""
+    )
+    proc, _ = cluster.balancer("--config", str(config))
+    ka, kb = f"127.0.0.1:{a}", f"127.0.0.1:{b}"
+    held = hold_connection(port, admin, a)
+    with held:
+        status, body = call(admin, "DELETE", f"/api/backends/web/{ka}")
+        assert status == 202 and body == {"draining": ka, "active": 1}
+        status, body = call(admin, "PATCH", f"/api/backends/web/{kb}", {"state": "maintenance"})
+        assert status == 200 and body["state"] == "maintenance" and not body["eligible"]
+        if trigger == "api":
+            assert call(admin, "POST", "/api/reload") == (200, {"reloaded": True})
+        else:
+            proc.signal(signal.SIGHUP)
+            wait_for_log(log, r"event reload .*SIGHUP")
+        # The file lists both: both back to enabled and in rotation, the reason logged.
+        backends = listed(admin)
+        assert [(backends[k]["state"], backends[k]["eligible"]) for k in (ka, kb)] == [
+            ("enabled", True),
+            ("enabled", True),
+        ], backends
+        wait_for_log(log, rf"event enabled .*backend=127\.0\.0\.1:{a} .*reload")
+        wait_for_log(log, rf"event enabled .*backend=127\.0\.0\.1:{b} .*reload")
+        held.sendall(b"still")
+        assert held.recv(10) == b"still"
+    # The held connection closes: the backend the file lists stays.
+    wait_until(lambda: removal_settled(admin, log, ka), what="the pending removal settled")
+    backends = listed(admin)
+    assert ka in backends, "a backend the file lists was removed after the reload"
+    assert backends[ka]["state"] == "enabled" and backends[ka]["eligible"]
+    answers = {exchange(port, half_close=True) for _ in range(6)}  # a echoes, b says hello
+    assert b"hi" in answers and {served_by(x) for x in answers if x != b"hi"} == {b}
+    assert not re.search(rf"event removed .*backend={re.escape(ka)}", read_log(log))
+
+
+def test_patch_back_to_enabled_cancels_a_pending_removal(cluster: Cluster) -> None:
+    a, b = cluster.backend("echo"), cluster.backend()
+    port, admin = start(cluster, [a, b])
+    ka = f"127.0.0.1:{a}"
+    log = cluster.tmp / "lb.log"
+    with hold_connection(port, admin, a):
+        assert call(admin, "DELETE", f"/api/backends/default/{ka}")[0] == 202
+        # A weight change alone keeps the removal pending.
+        status, body = call(admin, "PATCH", f"/api/backends/default/{ka}", {"weight": 2})
+        assert status == 200 and body["state"] == "drain"
+        status, body = call(admin, "PATCH", f"/api/backends/default/{ka}", {"state": "enabled"})
+        assert status == 200 and body["state"] == "enabled" and body["eligible"]
+    wait_until(lambda: removal_settled(admin, log, ka), what="the pending removal settled")
+    backends = listed(admin)
+    assert ka in backends, "the re-enabled backend was removed once idle"
+    assert backends[ka]["state"] == "enabled" and backends[ka]["weight"] == 2
+    wait_for_log(log, rf"event removal_cancelled .*backend={re.escape(ka)} .*enabled")
+
+    # Without a change of state, the removal goes ahead once idle (a DELETE again: one task).
+    with hold_connection(port, admin, a):
+        assert call(admin, "DELETE", f"/api/backends/default/{ka}")[0] == 202
+        assert call(admin, "DELETE", f"/api/backends/default/{ka}")[0] == 202
+    wait_until(lambda: ka not in listed(admin), what="the drained backend removed")
+    wait_for_log(log, rf"event removed .*backend={re.escape(ka)} .*drained")

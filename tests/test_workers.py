@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import selectors
 import signal
 import socket
+import time
+from pathlib import Path
 
-from conftest import Cluster, exchange, free_port, read_log, served_by, wait_for_log, wait_until
+from conftest import (
+    Cluster,
+    Process,
+    balancer_cmd,
+    exchange,
+    free_port,
+    read_log,
+    served_by,
+    wait_for_log,
+    wait_until,
+)
 from test_admin import call
+from test_hardening import cpu_seconds
 
 
 def alive(s: socket.socket) -> bool:
@@ -18,6 +32,66 @@ def alive(s: socket.socket) -> bool:
         return s.recv(10) == b"ping"
     except OSError:
         return False
+
+
+def worker_pids(log: Path) -> dict[int, int]:
+    """The pid each worker last started with, by index."""
+    return {
+        int(m.group(1)): int(m.group(2))
+        for m in re.finditer(r"worker (\d) started, pid (\d+)", read_log(log))
+    }
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on (from /proc, so without connecting)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def bindable(port: int) -> bool:
+    """Whether a plain socket (no SO_REUSEADDR or SO_REUSEPORT) can bind the port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            assert exc.errno == errno.EADDRINUSE, exc
+            return False
+        return True
+
+
+def workers_config(cluster: Cluster, services: str, grace: str = "30s") -> Path:
+    path = cluster.tmp / "lb.toml"
+    path.write_text(f'grace = "{grace}"\n[log]\nfile = "{cluster.tmp / "lb.log"}"\n{services}')
+    return path
+
+
+def service(name: str, port: int, backend: int) -> str:
+    return (
+        f'[[services]]\nname = "{name}"\nlisten = "127.0.0.1:{port}"\n'
+        f'backends = [{{ address = "127.0.0.1:{backend}" }}]\n'
+        "[services.health_check]\nenabled = false\n"
+    )
 
 
 def test_killed_worker_is_replaced_and_others_keep_their_connections(cluster: Cluster) -> None:
@@ -107,3 +181,131 @@ def test_max_connections_counts_every_worker(cluster: Cluster) -> None:
     finally:
         for s in [*waiters, holder]:
             s.close()
+
+
+def test_sighup_to_the_process_group_reloads_and_kills_no_worker(cluster: Cluster) -> None:
+    # A terminal hanging up, or `kill -HUP -PGID`, signals the workers too: they ignore it.
+    echo = cluster.backend("echo")
+    proc, port = cluster.balancer("--workers", "2", f"--backend=127.0.0.1:{echo}")
+    log = cluster.tmp / "lb.log"
+    pids = worker_pids(log)
+    assert sorted(pids) == [0, 1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    try:
+        assert all(alive(s) for s in held)
+        os.killpg(proc.proc.pid, signal.SIGHUP)  # (the balancer leads its own session)
+        # The supervisor took it as a reload (from flags there is nothing to reload).
+        wait_for_log(log, r"event reload_failed .*SIGHUP: nothing to reload")
+        assert all(alive(s) for s in held), "a worker died of SIGHUP"
+        assert all(running(pid) for pid in pids.values())
+    finally:
+        for s in held:
+            s.close()
+    assert exchange(port, b"still", half_close=True) == b"still"
+    proc.stop()
+    assert proc.proc.returncode == 0
+    assert "worker_died" not in read_log(log)
+    # (Nor did it kill the supervisor's resource tracker, which would be missed at exit.)
+    assert "resource_tracker" not in proc.text and "Traceback" not in proc.text
+
+
+def test_worker_drains_with_the_grace_of_the_reloaded_config(cluster: Cluster) -> None:
+    hello = cluster.backend()
+    first, second = free_port(), free_port()
+    path = workers_config(cluster, service("a", first, hello), grace="1s")
+    proc, _ = cluster.balancer("--config", str(path), "--workers", "2")
+    log = cluster.tmp / "lb.log"
+    pid = worker_pids(log)[0]
+    # The reload raises the grace and adds a service; once worker 0 listens on the new one, it
+    # has applied the new config (the grace with it: no await comes between).
+    path.write_text(
+        path.read_text().replace('grace = "1s"', 'grace = "45s"') + service("b", second, hello)
+    )
+    proc.signal(signal.SIGHUP)
+    wait_until(lambda: second in listening_ports(pid), what="worker 0 listening on the new port")
+    os.kill(pid, signal.SIGTERM)
+    match = wait_for_log(
+        log, r"event stopping \| SIGTERM: stopping, \d+ connections open, grace (\S+)"
+    )
+    assert match.group(1) == "45s"
+
+
+def test_second_balancer_on_the_same_port_exits_with_status_1(cluster: Cluster) -> None:
+    hello = cluster.backend()
+    port = free_port()
+    cluster.balancer(
+        "--workers", "2", "--listen", f"127.0.0.1:{port}", f"--backend=127.0.0.1:{hello}"
+    )
+    # Both workers joined the supervisor's reservation (each reports ready once it listens).
+    assert sorted(worker_pids(cluster.tmp / "lb.log")) == [0, 1]
+    second = Process(
+        balancer_cmd(
+            "run", "--workers", "2", "--listen", f"127.0.0.1:{port}",
+            f"--backend=127.0.0.1:{hello}", "--log-file", str(cluster.tmp / "second.log"),
+        )
+    )  # fmt: skip
+    cluster.processes.append(second)
+    assert second.wait() == 1, second.text
+    assert "address already in use" in second.text
+    assert "Traceback" not in second.text and "leaked" not in second.text
+    assert "worker" not in read_log(cluster.tmp / "second.log")
+    # The first one serves every connection still.
+    assert [served_by(exchange(port)) for _ in range(6)] == [hello] * 6
+
+
+def test_reload_gives_back_a_removed_services_port(cluster: Cluster) -> None:
+    hello = cluster.backend()
+    kept, dropped = free_port(), free_port()
+    path = workers_config(cluster, service("a", kept, hello) + service("b", dropped, hello))
+    proc, _ = cluster.balancer("--config", str(path), "--workers", "2")
+    assert not bindable(dropped)
+    # Renamed on the same port (our own workers listen there) and the other service removed.
+    path.write_text(path.read_text().split("[[services]]")[0] + service("c", kept, hello))
+    proc.signal(signal.SIGHUP)
+    wait_for_log(cluster.tmp / "lb.log", r"event reload .*SIGHUP")
+    wait_until(lambda: bindable(dropped), what=f"port {dropped} free after the reload")
+    assert served_by(exchange(kept)) == hello
+
+
+def test_replacement_that_fails_to_start_is_retried_and_logged(cluster: Cluster) -> None:
+    hello = cluster.backend()
+    proc, port = cluster.balancer("--workers", "2", f"--backend=127.0.0.1:{hello}")
+    log = cluster.tmp / "lb.log"
+    pid = worker_pids(log)[0]
+    # The running processes keep writing to the log file they opened; a new worker cannot
+    # open a log file where there is now a directory, and dies before it is ready.
+    moved = cluster.tmp / "lb.log.1"
+    log.rename(moved)
+    log.mkdir()
+    os.kill(pid, signal.SIGKILL)
+    wait_for_log(
+        moved, r"event worker_failed .*worker 0 \(pid \d+\) failed to start: exited with status 1; "
+        r"retrying in \d+s"
+    )  # fmt: skip
+    log.rmdir()
+    wait_for_log(moved, rf"event worker .*worker 0 started, pid (?!{pid}\b)\d+")
+    assert [served_by(exchange(port)) for _ in range(4)] == [hello] * 4
+    proc.signal(signal.SIGINT)
+    assert proc.wait() == 0, proc.text
+    assert "IncompleteReadError" not in proc.text
+
+
+def test_idle_supervisor_with_many_backends_stays_idle(cluster: Cluster) -> None:
+    # Workers report their figures twice a second, changed or not; summing them again for
+    # each of 1,024 backends every time took most of a CPU.
+    port = free_port()
+    backends = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in range(40000, 41024))
+    path = workers_config(
+        cluster,
+        f'[[services]]\nname = "many"\nlisten = "127.0.0.1:{port}"\nbackends = [{backends}]\n'
+        "[services.health_check]\nenabled = false\n",
+    )
+    proc, _ = cluster.balancer("--config", str(path), "--workers", "2")
+    pid = proc.proc.pid
+    wait_until(lambda: len(read_log(cluster.tmp / "lb.log").split("event start")) > 1)
+    before = cpu_seconds(pid)
+    began = time.monotonic()
+    time.sleep(3.0)  # a window to measure CPU use in, not a wait for an event
+    used = cpu_seconds(pid) - before
+    # (Before: about 0.8 s of CPU a second; after: about 0.05.)
+    assert used < 0.25 * (time.monotonic() - began), f"{used:.2f}s of CPU while idle"

@@ -3,6 +3,12 @@
 It runs on the balancer's own event loop, so it reads and changes the pools directly. Every
 error is a JSON body `{"error": "..."}` with the right status. With a token set, every path but
 the dashboard page itself needs `Authorization: Bearer TOKEN`.
+
+A web page the operator visits must not drive the API, so (see `_guard`): a POST or PATCH needs
+`Content-Type: application/json`, which no form and no fetch without a CORS preflight can send
+(and no preflight is ever granted); a request with a foreign `Origin` is refused; and a `Host`
+other than a loopback name or the listen address is refused unless the token comes with it, so
+a DNS name rebound to 127.0.0.1 reaches nothing.
 """
 
 from __future__ import annotations
@@ -28,11 +34,26 @@ if TYPE_CHECKING:
     from balancer.service import Service
 
 MAX_BODY = 64 * 1024
+REMOVAL_POLL = 0.1  # seconds between looks at a backend waiting to be removed once idle
+JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminError(Exception):
     """The admin server cannot start; the message says why in one line."""
+
+
+class ApiError(Exception):
+    """A request the API refuses: answered as `{"error": message}` with `status`.
+
+    (Not aiohttp's HTTPException: its reason goes into the status line, where a line break
+    quoted from the request is an error of its own.)
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def is_loopback(host: str) -> bool:
@@ -46,6 +67,23 @@ def is_loopback(host: str) -> bool:
 
 def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def host_name(value: str) -> str | None:
+    """The host of a Host header value (`name`, `name:port`, `[v6]:port`), lower case and
+    without brackets; None if it is not of that form."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+    else:
+        host, colon, port = value.partition(":")
+        rest = colon + port
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return None
+    return host or None
 
 
 def _iso(ts: float) -> str:
@@ -215,7 +253,11 @@ class Admin:
         self.registry.register(_Collector(balancer))
         self.runner: web.AppRunner | None = None
         self.address = str(listen)
-        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors, self._auth])
+        self.port = listen.port  # the bound one once started
+        self.app = web.Application(
+            client_max_size=MAX_BODY,
+            middlewares=[self._errors, self._guard, self._auth, self._json_only],
+        )
         self.app.add_routes(
             [
                 web.get("/", self.dashboard),
@@ -230,7 +272,8 @@ class Admin:
                 web.get("/api/openapi.json", self.openapi),
             ]
         )
-        self._removals: set[asyncio.Task[None]] = set()
+        # Backends deleted while busy, each removed by its task once idle (see remove_backend).
+        self._removals: dict[Backend, tuple[Service, asyncio.Task[None]]] = {}
 
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
@@ -246,10 +289,12 @@ class Admin:
         if sockets:
             host, port = sockets[0].getsockname()[:2]
             self.address = f"{host}:{port}"
+            self.port = port
 
     async def stop(self) -> None:
-        for task in self._removals:
+        for _, task in self._removals.values():
             task.cancel()
+        self._removals.clear()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -259,6 +304,8 @@ class Admin:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
+        except ApiError as exc:
+            return error(exc.status, exc.message)
         except web.HTTPRequestEntityTooLarge:
             return error(413, f"request body larger than {MAX_BODY} bytes")
         except web.HTTPException as exc:
@@ -269,14 +316,92 @@ class Admin:
             self.balancer.log.event("error", f"admin {request.method} {request.path}: {exc!r}")
             return error(500, f"internal error: {exc}")
 
+    def _token_given(self, request: web.Request) -> bool:
+        if not self.token:
+            return False
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode(), self.token.encode()
+        )
+
+    def _own_hosts(self, request: web.Request) -> set[str]:
+        """Host names this listener answers to besides loopback ones: its listen address and
+        the address the connection came in on (both IP literals unless a name was given)."""
+        hosts = {self.listen.host.lower()}
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if isinstance(sockname, tuple) and sockname:
+            hosts.add(str(sockname[0]).lower())
+        return hosts
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse what a web page could send here: a foreign Host (DNS rebinding) and a foreign
+        Origin (cross-site requests). Browsers always send Host; a request without one is not
+        from a browser and is let through."""
+        given = request.headers.get("Host")
+        host = host_name(given) if given is not None else None
+        if given is not None and not (
+            (host is not None and (is_loopback(host) or host in self._own_hosts(request)))
+            or (self.token and (request.path == "/" or self._token_given(request)))
+        ):
+            # (With a token, the page at / holds no data and every other path needs the token.)
+            return error(
+                421,
+                f"Host {given!r} is not this admin server: use its address "
+                f"{Address(self.listen.host, self.port)}, localhost, 127.0.0.1 or [::1] (other "
+                "names are "
+                "refused so that a DNS name pointed at this machine cannot reach the API"
+                + ("; or send the token)" if self.token else ")"),
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._own_origin(origin, given):
+            return error(
+                403,
+                f"cross-origin request refused: Origin {origin!r} is not this admin server's "
+                "own; the API serves only its own dashboard page and clients that send no Origin",
+            )
+        return await handler(request)
+
+    def _own_origin(self, origin: str, host: str | None) -> bool:
+        """The Origin of a page this listener served: by the name the request came to, or by
+        a loopback name or its listen address with its own port."""
+        origin = origin.strip().lower()
+        own = {f"http://{name}:{self.port}" for name in ("localhost", "127.0.0.1", "[::1]")}
+        own.add(f"http://{Address(self.listen.host, self.port)}".lower())
+        if host is not None:
+            host = host.strip().lower()
+            own.update({f"http://{host}", f"https://{host}"})  # (https: behind a TLS proxy)
+        return origin in own
+
+    @web.middleware
+    async def _json_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """POST and PATCH need `Content-Type: application/json`, with or without a body: the
+        one type a form or a fetch without a CORS preflight cannot send. A DELETE needs none
+        when it has no body: a browser sends no cross-site DELETE without a preflight."""
+        if (
+            request.method in ("POST", "PATCH", "DELETE")
+            and request.match_info.http_exception is None  # (an unknown path stays a 404)
+            and request.content_type != JSON
+            and not (
+                request.method == "DELETE"
+                and "Content-Type" not in request.headers
+                and not request.body_exists
+            )
+        ):
+            given = request.headers.get("Content-Type")
+            return error(
+                415,
+                f"{request.method} needs Content-Type: {JSON} (got "
+                + (repr(given) if given is not None else "none")
+                + "), so that no web page can send it from another site",
+            )
+        return await handler(request)
+
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.token and request.path != "/":
             given = request.headers.get("Authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                value.strip().encode(), self.token.encode()
-            ):
+            if not self._token_given(request):
                 what = "missing" if not given else "wrong"
                 return web.json_response(
                     {"error": f"{what} token: send Authorization: Bearer TOKEN"},
@@ -292,23 +417,20 @@ class Admin:
         try:
             body = json.loads(raw or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from None
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise web.HTTPBadRequest(reason="body must be a JSON object")
+            raise ApiError(400, "body must be a JSON object")
         unknown = sorted(set(body) - allowed)
         if unknown:
-            allowed_text = ", ".join(sorted(allowed))
-            raise web.HTTPBadRequest(
-                reason=f"unknown field(s) {', '.join(unknown)}; allowed: {allowed_text}"
-            )
+            names = ", ".join(repr(name) for name in unknown)
+            raise ApiError(400, f"unknown field(s) {names}; allowed: {', '.join(sorted(allowed))}")
         return body
 
     def _service(self, name: object, status: int = 404) -> Service:
         service = self.balancer.services.get(name) if isinstance(name, str) else None
         if service is None:
             known = ", ".join(self.balancer.services) or "none"
-            exc = web.HTTPNotFound if status == 404 else web.HTTPBadRequest
-            raise exc(reason=f"unknown service {name!r}; services: {known}")
+            raise ApiError(status, f"unknown service {name!r}; services: {known}")
         return service
 
     def _backend(self, request: web.Request) -> tuple[Service, Backend]:
@@ -317,17 +439,17 @@ class Admin:
         try:
             address = parse_address(text)
         except ValueError as exc:
-            raise web.HTTPBadRequest(reason=f"address: {exc}") from None
+            raise ApiError(400, f"address: {exc}") from None
         backend = service.pool.backends.get(address)
         if backend is None:
-            raise web.HTTPNotFound(reason=f"service {service.name!r} has no backend {address}")
+            raise ApiError(404, f"service {service.name!r} has no backend {address}")
         return service, backend
 
     @staticmethod
     def _weight(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WEIGHT:
-            raise web.HTTPBadRequest(
-                reason=f"weight must be a whole number from 1 to {MAX_WEIGHT}, got {value!r}"
+            raise ApiError(
+                400, f"weight must be a whole number from 1 to {MAX_WEIGHT}, got {value!r}"
             )
         return value
 
@@ -360,11 +482,11 @@ class Admin:
         try:
             address = parse_address(body.get("address"))  # type: ignore[arg-type]
         except ValueError as exc:
-            raise web.HTTPBadRequest(reason=f"address: {exc}") from None
+            raise ApiError(400, f"address: {exc}") from None
         weight = self._weight(body.get("weight", 1))
         state = body.get("state", "enabled")
         if state not in ADMIN_STATES:
-            raise web.HTTPBadRequest(reason=f"state must be one of {', '.join(ADMIN_STATES)}")
+            raise ApiError(400, f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
         if address in service.pool.backends:
             return error(409, f"service {service.name!r} already has backend {address}")
         backend = service.add_backend(address, weight, reason="admin API", state=state)
@@ -374,17 +496,17 @@ class Admin:
         service, backend = self._backend(request)
         body = await self._body(request, {"weight", "state"})
         if not body:
-            raise web.HTTPBadRequest(reason="nothing to change: give weight and/or state")
+            raise ApiError(400, "nothing to change: give weight and/or state")
         weight = self._weight(body["weight"]) if "weight" in body else None
         state = body.get("state")
         if state is not None and state not in ADMIN_STATES:
-            raise web.HTTPBadRequest(
-                reason=f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}"
-            )
+            raise ApiError(400, f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
         # Validated whole before anything changes.
         if weight is not None:
             service.pool.set_weight(backend, weight)
         if state is not None:
+            # The operator says what the backend is to be now: a pending removal ends.
+            self._cancel_removal(service, backend, f"state set to {state} by the admin API")
             service.pool.set_state(backend, state, "admin API")
         return web.json_response(backend_json(service, backend, service.live_bytes()))
 
@@ -394,16 +516,56 @@ class Admin:
             service.remove_backend(backend, "admin API")
             return web.json_response({"removed": backend.key, "active": 0})
         service.pool.set_state(backend, DRAIN, "admin API: removing once idle")
-        task = asyncio.get_running_loop().create_task(self._remove_when_idle(service, backend))
-        self._removals.add(task)
-        task.add_done_callback(self._removals.discard)
+        if backend not in self._removals:  # (a DELETE again: the one task goes on)
+            task = asyncio.get_running_loop().create_task(self._remove_when_idle(service, backend))
+            self._removals[backend] = (service, task)
+            task.add_done_callback(lambda _: self._forget_removal(backend, task))
         return web.json_response({"draining": backend.key, "active": backend.active}, status=202)
 
     async def _remove_when_idle(self, service: Service, backend: Backend) -> None:
-        while backend.active > 0 and service.pool.backends.get(backend.address) is backend:
-            await asyncio.sleep(0.1)
-        if service.pool.backends.get(backend.address) is backend:
-            service.remove_backend(backend, "admin API: drained")
+        """Remove the backend once its connections have finished, if it is still draining and
+        still the same object in the pool; a reload or a change of state ends the wait (the
+        reload sets a backend the file lists back to enabled, or removes one it does not)."""
+        while True:
+            if service.pool.backends.get(backend.address) is not backend:
+                return  # removed meanwhile (by a reload, or a service gone)
+            if backend.state != DRAIN:
+                self._log_cancelled(service, backend, f"state is {backend.state} again")
+                return
+            if backend.active <= 0:
+                service.remove_backend(backend, "admin API: drained")
+                return
+            await asyncio.sleep(REMOVAL_POLL)
+
+    def _forget_removal(self, backend: Backend, task: asyncio.Task[None]) -> None:
+        if backend in self._removals and self._removals[backend][1] is task:
+            del self._removals[backend]
+
+    def _cancel_removal(self, service: Service, backend: Backend, why: str) -> None:
+        _, task = self._removals.pop(backend, (service, None))
+        if task is not None and not task.done():
+            task.cancel()
+            self._log_cancelled(service, backend, why)
+
+    def _settle_removals(self) -> None:
+        """After a reload: end at once the waits it has made pointless (the tasks would see
+        it on their next look; a SIGHUP reload leaves it to them)."""
+        for backend, (service, task) in list(self._removals.items()):
+            if self.balancer.services.get(service.name) is not service or (
+                service.pool.backends.get(backend.address) is not backend
+            ):
+                self._removals.pop(backend, None)
+                task.cancel()
+            elif backend.state != DRAIN:
+                self._cancel_removal(service, backend, f"state is {backend.state} again")
+
+    def _log_cancelled(self, service: Service, backend: Backend, why: str) -> None:
+        self.balancer.log.event(
+            "removal_cancelled",
+            f"{backend.key} removal_cancelled: no longer removed once idle, {why}",
+            service=service.name,
+            backend=backend.key,
+        )
 
     async def stats(self, request: web.Request) -> web.StreamResponse:
         result = []
@@ -422,6 +584,7 @@ class Admin:
 
     async def reload(self, request: web.Request) -> web.StreamResponse:
         errors = await self.balancer.reload("admin API")
+        self._settle_removals()
         if errors:
             return web.json_response(
                 {"error": "reload rejected; the running config is unchanged", "errors": errors},

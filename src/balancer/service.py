@@ -267,7 +267,10 @@ class Service:
         return server
 
     def apply(self, config: ServiceConfig, server: Listener | None) -> None:
-        """Take a reloaded config; open connections continue as they are."""
+        """Take a reloaded config; open connections continue as they are. Backends go back to
+        what the file says: those it does not list are removed, those it lists are enabled
+        again (undoing a drain or maintenance set through the admin API, whose pending removal
+        then ends); health, ejections and slow starts carry on."""
         old = self.config
         self.config = config
         if server is not None:
@@ -287,6 +290,7 @@ class Service:
                 self.pool.announce_added(backend, "reload")
             else:
                 self.pool.set_weight(backend, backend_config.weight)
+                self.pool.set_state(backend, ENABLED, "reload")
             self._configure(backend, backend_config)
         self.health.reconfigure(config.health_check, config.passive)
         self.health.sync()

@@ -12,6 +12,7 @@ The supervisor creates the block and assigns slots; workers attach by name.
 
 from __future__ import annotations
 
+import signal
 from multiprocessing import resource_tracker, shared_memory
 
 MAX_SERVICES = 64
@@ -19,10 +20,27 @@ MAX_SLOTS = 4096  # backends over all services, over the life of the process
 CELL = 8
 
 
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (which unlinks the block should the supervisor
+    die) with SIGHUP ignored, a disposition it keeps across exec: it is in the balancer's
+    process group, and a SIGHUP to the group (a reload, a terminal hanging up) would otherwise
+    kill it, and the supervisor's exit would then print a warning and a traceback."""
+    try:
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:  # (not the main thread: leave signals alone)
+        resource_tracker.ensure_running()
+        return
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 class SharedState:
     def __init__(self, name: str | None, workers: int) -> None:
         size = CELL * (MAX_SERVICES + workers * MAX_SLOTS)
         if name is None:
+            start_resource_tracker()
             self.memory = shared_memory.SharedMemory(create=True, size=size)
             self.owner = True
         else:

@@ -13,6 +13,7 @@ Messages are length-prefixed pickles over a socketpair between the two processes
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import pickle
 import signal
@@ -219,7 +220,10 @@ async def worker_main(fd: int, index: int) -> int:
     install_exception_handler(balancer)
     await balancer.start()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, balancer.request_stop, "SIGTERM", config.grace)
+    # The grace is read when the signal comes: a reload may have changed it since.
+    loop.add_signal_handler(
+        signal.SIGTERM, lambda: balancer.request_stop("SIGTERM", balancer.config.grace)
+    )
     loop.add_signal_handler(signal.SIGINT, balancer.request_stop, "SIGINT", 0.0)
     await send(writer, ("ready", os.getpid()))
 
@@ -234,7 +238,7 @@ async def worker_main(fd: int, index: int) -> int:
                 message = await receive(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 # The supervisor is gone: finish what is open, then leave.
-                balancer.request_stop("supervisor gone", config.grace)
+                balancer.request_stop("supervisor gone", balancer.config.grace)
                 return
             kind = message[0]
             if kind == "pool":
@@ -263,6 +267,9 @@ async def worker_main(fd: int, index: int) -> int:
 
 def run_worker(argv: list[str]) -> int:
     fd, index = int(argv[0]), int(argv[1])
+    # SIGHUP (a reload, sent to the process group, or a terminal hanging up) is the
+    # supervisor's business: a worker ignores it rather than die of it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the loop's own handler is in place
     from balancer.loop import run_loop
 
@@ -270,6 +277,14 @@ def run_worker(argv: list[str]) -> int:
 
 
 # -- the supervisor side -----------------------------------------------------------------------
+
+
+class WorkerStartError(Exception):
+    """A worker process died, or said something else, before it reported ready."""
+
+
+def describe_status(status: int) -> str:
+    return f"signal {-status}" if status < 0 else f"status {status}"
 
 
 @dataclass
@@ -288,28 +303,59 @@ class Supervisor:
     def __init__(self, balancer: Balancer, count: int) -> None:
         self.balancer = balancer
         self.workers = [Worker(i) for i in range(count)]
-        self.shared = SharedState(None, count)
+        self.count = count
+        # Made when the workers start (not before the ports are reserved: a balancer that
+        # exits for a port in use has no shared memory to leave behind).
+        self._shared: SharedState | None = None
         self.slots: dict[tuple[str, Address], int] = {}
         self.service_index: dict[str, int] = {}
         self.reserved: dict[str, socket.socket] = {}
         self.retired: dict[str, dict[str, Totals]] = {}  # figures of workers that died
         self.retired_refusals: dict[str, Counter[str]] = {}
+        # What each service's and backend's sum was last made from (see `aggregate`).
+        self.summed: dict[tuple[str, str], tuple[object, tuple[Any, ...]]] = {}
         self.stopping = False
+        self.stopped = asyncio.Event()  # set with `stopping`: wakes restarts waiting out a delay
         self.tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def shared(self) -> SharedState:
+        assert self._shared is not None, "the workers have not started"
+        return self._shared
 
     def reserve(self, service: Service, listen: Address) -> None:
         """Bind (not listen) the service port, so a port of 0 becomes one port for all."""
         from balancer.service import StartupError
 
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        # Bound without SO_REUSEPORT, so that a port some other process listens on (another
+        # balancer's workers included, which do use SO_REUSEPORT) is refused as in use rather
+        # than shared; SO_REUSEPORT is set once bound (our workers bind beside this socket
+        # with SO_REUSEADDR and SO_REUSEPORT while it does not listen). Only a port one of our
+        # own services holds (a reload renaming a service, or swapping two ports) is bound
+        # with SO_REUSEPORT at once, as our own workers listen on it.
+        ours = any(s.getsockname()[1] == listen.port for s in self.reserved.values())
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            sock.bind((listen.host, listen.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((listen.host, listen.port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not ours or listen.port == 0:
+                    raise
+                sock.close()
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((listen.host, listen.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         except OSError as exc:
             sock.close()
-            reason = "address already in use" if exc.errno == 98 else (exc.strerror or str(exc))
+            reason = (
+                "address already in use"
+                if exc.errno == errno.EADDRINUSE
+                else (exc.strerror or str(exc))
+            )
             raise StartupError(
                 f"service {service.name!r} cannot listen on {listen}: {reason.lower()}"
             ) from None
@@ -350,7 +396,26 @@ class Supervisor:
         for service in self.balancer.services.values():
             service.pool.rebuild_listeners.append(self._pool_changed)
         self._assign()
-        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        from balancer.service import StartupError
+
+        self._shared = SharedState(None, self.count)
+        results = await asyncio.gather(
+            *(self._spawn(w) for w in self.workers), return_exceptions=True
+        )
+        for worker, result in zip(self.workers, results, strict=True):
+            if isinstance(result, BaseException):
+                for other in self.workers:
+                    if other.process is not None and other.process.returncode is None:
+                        other.process.kill()
+                        await other.process.wait()
+                self.shared.close()
+                self._shared = None
+                if isinstance(result, WorkerStartError):
+                    raise StartupError(f"worker {worker.index} failed to start: {result}")
+                raise result
+        loop = asyncio.get_running_loop()
+        for worker in self.workers:
+            worker.watcher = loop.create_task(self._watch(worker))
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -358,31 +423,49 @@ class Supervisor:
         task.add_done_callback(self.tasks.discard)
 
     async def _spawn(self, worker: Worker) -> None:
+        """Start the worker's process and wait for its word that it listens; if it dies or
+        says anything else first, reap it and raise WorkerStartError."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        worker.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "balancer.workers",
-            str(theirs.fileno()),
-            str(worker.index),
-            pass_fds=[theirs.fileno()],
-        )
-        theirs.close()
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "balancer.workers",
+                str(theirs.fileno()),
+                str(worker.index),
+                pass_fds=[theirs.fileno()],
+            )
+        except OSError as exc:
+            ours.close()
+            raise WorkerStartError(f"cannot start a process: {exc}") from None
+        finally:
+            theirs.close()
+        process = worker.process
         worker.started = loop.time()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         worker.writer = writer
-        await send(writer, (self.worker_config(), self.shared.name, self._assign()))
-        for name, service in self.balancer.services.items():
-            await send(writer, ("pool", name, pool_snapshot(service.pool)))
-        ready = await receive(reader)
-        if ready[0] != "ready":
-            raise RuntimeError(f"worker {worker.index} did not start: {ready!r}")
-        self.balancer.log.event(
-            "worker", f"worker {worker.index} started, pid {worker.process.pid}"
-        )
+        try:
+            await send(writer, (self.worker_config(), self.shared.name, self._assign()))
+            for name, service in self.balancer.services.items():
+                await send(writer, ("pool", name, pool_snapshot(service.pool)))
+            ready = await receive(reader)
+            if ready[0] != "ready":
+                raise WorkerStartError(f"said {ready!r} instead of ready")
+        except (asyncio.IncompleteReadError, ConnectionError, WorkerStartError) as exc:
+            writer.close()
+            worker.writer = None
+            try:  # (its end of the socket closes as it exits: give it the time to)
+                async with asyncio.timeout(0 if isinstance(exc, WorkerStartError) else 5.0):
+                    status = await process.wait()
+            except TimeoutError:
+                process.kill()
+                status = await process.wait()
+            if isinstance(exc, WorkerStartError):
+                raise
+            raise WorkerStartError(f"exited with {describe_status(status)}") from None
+        self.balancer.log.event("worker", f"worker {worker.index} started, pid {process.pid}")
         worker.listener = loop.create_task(self._listen(worker, reader))
-        worker.watcher = loop.create_task(self._watch(worker))
 
     async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
         services = self.balancer.services
@@ -405,36 +488,70 @@ class Supervisor:
                 else:
                     service.health.passive_success(backend)
 
+    async def _pause(self, delay: float) -> bool:
+        """Sleep `delay` seconds, or less if the supervisor stops; True if it stops."""
+        try:
+            async with asyncio.timeout(delay):
+                await self.stopped.wait()
+        except TimeoutError:
+            pass
+        return self.stopping
+
     async def _watch(self, worker: Worker) -> None:
-        assert worker.process is not None
-        status = await worker.process.wait()
-        if worker.listener is not None:
-            try:  # read what the worker said last, up to its EOF
-                async with asyncio.timeout(2.0):
-                    await worker.listener
-            except TimeoutError:
-                worker.listener.cancel()
-        if worker.writer is not None:
-            worker.writer.close()
-        self._retire(worker)
-        if self.stopping:
-            return
+        """Wait for the worker to exit; replace it (with backoff while it keeps dying, and
+        keep trying while replacements fail to start) until the supervisor stops."""
         loop = asyncio.get_running_loop()
-        quick = loop.time() - worker.started < 5.0
-        worker.failures_in_a_row = worker.failures_in_a_row + 1 if quick else 0
-        delay = min(RESTART_DELAY * 2**worker.failures_in_a_row, 30.0)
-        how = f"signal {-status}" if status < 0 else f"status {status}"
-        self.balancer.log.event(
-            "worker_died",
-            f"worker {worker.index} (pid {worker.process.pid}) exited with {how}; "
-            f"restarting in {delay:g}s",
-        )
-        await asyncio.sleep(delay)
-        if not self.stopping:
-            await self._spawn(worker)
+        while True:
+            assert worker.process is not None
+            status = await worker.process.wait()
+            if worker.listener is not None:
+                try:  # read what the worker said last, up to its EOF
+                    async with asyncio.timeout(2.0):
+                        await worker.listener
+                except TimeoutError:
+                    worker.listener.cancel()
+                worker.listener = None
+            if worker.writer is not None:
+                worker.writer.close()
+                worker.writer = None
+            self._retire(worker)
+            if self.stopping:
+                return
+            quick = loop.time() - worker.started < 5.0
+            worker.failures_in_a_row = worker.failures_in_a_row + 1 if quick else 0
+            delay = min(RESTART_DELAY * 2**worker.failures_in_a_row, 30.0)
+            self.balancer.log.event(
+                "worker_died",
+                f"worker {worker.index} (pid {worker.process.pid}) exited with "
+                f"{describe_status(status)}; restarting in {delay:g}s",
+            )
+            while True:
+                if await self._pause(delay):
+                    return
+                try:
+                    await self._spawn(worker)
+                    break
+                except WorkerStartError as exc:
+                    if self.stopping:
+                        return
+                    worker.failures_in_a_row += 1
+                    delay = min(RESTART_DELAY * 2**worker.failures_in_a_row, 30.0)
+                    pid = worker.process.pid if worker.process is not None else "none"
+                    self.balancer.log.event(
+                        "worker_failed",
+                        f"worker {worker.index} (pid {pid}) failed to start: {exc}; "
+                        f"retrying in {delay:g}s",
+                    )
+            if self.stopping:
+                # Signalled by stop() while starting (when it may have ignored SIGINT).
+                assert worker.process is not None
+                if worker.process.returncode is None:
+                    worker.process.send_signal(signal.SIGINT)
 
     def _retire(self, worker: Worker) -> None:
         """Keep a dead worker's cumulative figures in the totals."""
+        if self._shared is None:
+            return  # (stopped, and gave up waiting for this worker)
         for name, figures in worker.figures.items():
             self.retired_refusals.setdefault(name, Counter()).update(figures.get("refused", {}))
             kept = self.retired.setdefault(name, {})
@@ -443,38 +560,59 @@ class Supervisor:
                 kept.setdefault(key, Totals()).add(backend)
         worker.figures = {}
         self.shared.clear_worker(worker.index)
+        self.summed.clear()  # the retired figures changed: every sum is to be made again
         self.aggregate()
 
     def aggregate(self) -> None:
-        """Sum the workers' figures into the supervisor's services, for the API and metrics."""
+        """Sum the workers' figures into the supervisor's services, for the API and metrics.
+
+        Workers report every STATS_INTERVAL, changed or not. A sum holds HDR histograms, dear
+        to build, so only a service or backend whose figures changed since the last sum (or
+        that is new) is summed again; an idle balancer with many backends stays idle."""
+        summed: dict[tuple[str, str], tuple[object, tuple[Any, ...]]] = {}
+        last = self.summed
         for name, service in self.balancer.services.items():
-            totals: dict[str, Totals] = {}
-            opened = queued = 0
-            for key, kept in self.retired.get(name, {}).items():
-                totals.setdefault(key, Totals()).add_totals(kept)
-            for worker in self.workers:
-                figures = worker.figures.get(name)
-                if not figures:
-                    continue
-                opened += figures["open"]
-                queued += figures["queued"]
-                totals.setdefault("", Totals()).add(figures)
-                for key, backend in figures["backends"].items():
-                    totals.setdefault(key, Totals()).add(backend)
-            service.remote_open = opened
-            service.remote_queued = queued
-            service.refusals = Counter(self.retired_refusals.get(name, {}))
-            for worker in self.workers:
-                service.refusals.update(worker.figures.get(name, {}).get("refused", {}))
-            whole = totals.get("", Totals())
-            service.accepted = whole.total  # (finished connections; the open ones are apart)
-            service.stats = whole.stats
+            kept = self.retired.get(name, {})
+            current = [worker.figures.get(name) for worker in self.workers]
+            present = [figures for figures in current if figures]
+            service.remote_open = sum(figures["open"] for figures in present)
+            service.remote_queued = sum(figures["queued"] for figures in present)
+            refusals = Counter(self.retired_refusals.get(name, {}))
+            for figures in present:
+                refusals.update(figures.get("refused", {}))
+            service.refusals = refusals
+            signature: tuple[Any, ...] = tuple(
+                (figures["accepted"], figures["stats"]) if figures else None for figures in current
+            )
+            seen = last.get((name, ""))
+            if seen is None or seen[0] is not service or seen[1] != signature:
+                whole = Totals()
+                if "" in kept:
+                    whole.add_totals(kept[""])
+                for figures in present:
+                    whole.add(figures)
+                service.accepted = whole.total  # (finished connections; the open ones apart)
+                service.stats = whole.stats
+            summed[(name, "")] = (service, signature)
             for b in service.pool.backends.values():
-                t = totals.get(b.key, Totals())
-                b.total, b.bytes_in, b.bytes_out = t.total, t.bytes_in, t.bytes_out
-                b.connect_failures = t.connect_failures
-                b.stats = t.stats
+                key = b.key
+                signature = tuple(
+                    figures["backends"].get(key) if figures else None for figures in current
+                )
+                seen = last.get((name, key))
+                if seen is None or seen[0] is not b or seen[1] != signature:
+                    t = Totals()
+                    if key in kept:
+                        t.add_totals(kept[key])
+                    for item in signature:
+                        if item is not None:
+                            t.add(item)
+                    b.total, b.bytes_in, b.bytes_out = t.total, t.bytes_in, t.bytes_out
+                    b.connect_failures = t.connect_failures
+                    b.stats = t.stats
+                summed[(name, key)] = (b, signature)
                 b.active = self.shared.total(b.slot) if b.slot >= 0 else 0
+        self.summed = summed
 
     def _post(self, worker: Worker, message: object) -> None:
         if worker.writer is None or worker.writer.is_closing():
@@ -488,6 +626,10 @@ class Supervisor:
             self._post(worker, ("pool", pool.name, pool_snapshot(pool)))
 
     def broadcast_config(self) -> None:
+        # A service the reload removed gives its port back (its workers drain and close
+        # their listeners when the config reaches them).
+        for name in [n for n in self.reserved if n not in self.balancer.services]:
+            self.reserved.pop(name).close()
         config = self.worker_config()
         services = self._assign()
         for worker in self.workers:
@@ -505,6 +647,7 @@ class Supervisor:
     async def stop(self, grace: float) -> None:
         """SIGTERM (drain for `grace`) or, with no grace, SIGINT to every worker; then wait."""
         self.stopping = True
+        self.stopped.set()
         sig = signal.SIGTERM if grace > 0 else signal.SIGINT
         for worker in self.workers:
             if worker.process is not None and worker.process.returncode is None:
@@ -512,7 +655,8 @@ class Supervisor:
         watchers = [w.watcher for w in self.workers if w.watcher is not None]
         try:
             async with asyncio.timeout(grace + 5.0):
-                await asyncio.gather(*watchers)
+                # (A watcher's failure must not stop the others being waited for.)
+                await asyncio.gather(*watchers, return_exceptions=True)
         except TimeoutError:
             for worker in self.workers:
                 if worker.process is not None and worker.process.returncode is None:
@@ -521,7 +665,9 @@ class Supervisor:
             task.cancel()
         for sock in self.reserved.values():
             sock.close()
-        self.shared.close()
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
 
 if __name__ == "__main__":
