@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from balancer.shared import SharedCursor
 
 MAX_CYCLE = 65536
+RESOLUTION = 64  # the least total weight a smooth cycle works with
 # Backends out of rotation whose place is remembered (drained, down, slow-starting elsewhere).
 MAX_HELD = 4096
 
@@ -28,8 +29,8 @@ def selection_weight(backend: Backend) -> int:
     return max(1, round(backend.effective_weight * 16))
 
 
-def smooth_schedule(weights: Sequence[int]) -> list[int]:
-    """One cycle of indexes: each index appears weight/gcd times, spread out, not in bursts."""
+def reduced_weights(weights: Sequence[int]) -> list[int]:
+    """The weights over their gcd; scaled down if a cycle would be longer than MAX_CYCLE."""
     if not weights:
         return []
     divisor = reduce(math.gcd, weights)
@@ -38,16 +39,29 @@ def smooth_schedule(weights: Sequence[int]) -> list[int]:
     if total > MAX_CYCLE:
         # Exact shares would need too long a cycle; keep them to within 1/MAX_CYCLE.
         reduced = [max(1, round(w * MAX_CYCLE / total)) for w in reduced]
-        total = sum(reduced)
-    current = [0] * len(reduced)
-    schedule = []
-    for _ in range(total):
-        for i, w in enumerate(reduced):
-            current[i] += w
-        best = max(range(len(reduced)), key=current.__getitem__)
+    return reduced
+
+
+def smooth_run(
+    weights: Sequence[int], start: Sequence[int], picks: int
+) -> tuple[list[int], list[int]]:
+    """`picks` picks of smooth weighted round-robin from the current weights `start`: the
+    indexes picked, and the current weights after them."""
+    total = sum(weights)
+    current = list(start)
+    order = []
+    for _ in range(picks):
+        current = [c + w for c, w in zip(current, weights, strict=True)]
+        best = current.index(max(current))  # (ties: the first)
         current[best] -= total
-        schedule.append(best)
-    return schedule
+        order.append(best)
+    return order, current
+
+
+def smooth_schedule(weights: Sequence[int]) -> list[int]:
+    """One cycle of indexes: each index appears weight/gcd times, spread out, not in bursts."""
+    reduced = reduced_weights(weights)
+    return smooth_run(reduced, [0] * len(reduced), sum(reduced))[0]
 
 
 class SmoothWeights:
@@ -103,13 +117,66 @@ class SmoothWeights:
         return best
 
 
+class SmoothCycle(SmoothWeights):
+    """The picks of SmoothWeights.pick, worked out a cycle (the total weight's worth) at a
+    time, so that a pick costs the same whatever the number of backends.
+
+    From the current weights a rebuild leaves, one cycle of picks may not bring them back to
+    where it started; the next cycle is then worked out from where that one ended. Once a
+    cycle does come back (from the start, or after a rebuild within a cycle or two), it is
+    walked again and again until the next rebuild.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cycle: list[int] = []  # picks from `start`
+        self.position = 0  # picks made of `cycle`
+        self.start: list[int] = []
+        self.end: list[int] = []  # the current weights after the whole cycle
+        self.repeats = False  # end == start: walk the cycle again
+
+    def update(self, keys: Sequence[str], weights: Sequence[int]) -> None:
+        self.current = self._now()
+        reduced = reduced_weights(weights)
+        # Whole numbers count what a backend is owed, in 1/total of a pick: at least
+        # 1/RESOLUTION, so that rescaling them over rebuilds loses next to nothing.
+        scale = -(-RESOLUTION // sum(reduced)) if reduced else 1
+        super().update(keys, [w * scale for w in reduced])
+        self.cycle, self.position, self.repeats = [], 0, False
+
+    def _now(self) -> list[int]:
+        """The current weights after the picks made so far."""
+        if not self.cycle:
+            return self.current
+        made = self.position
+        counts = [0] * len(self.start)
+        for index in self.cycle[:made]:
+            counts[index] += 1
+        total = self.total
+        return [
+            s + made * w - total * c
+            for s, w, c in zip(self.start, self.weights, counts, strict=True)
+        ]
+
+    def pick(self) -> int:
+        position = self.position
+        if position == len(self.cycle):
+            if not self.repeats:
+                start = self.end if self.cycle else self.current
+                self.cycle, self.end = smooth_run(self.weights, start, self.total)
+                self.start, self.repeats = start, self.end == start
+            position = 0
+        self.position = position + 1
+        return self.cycle[position]
+
+
 class RoundRobin:
     """Over each cycle every backend gets exactly its weight's share, interleaved."""
 
     def __init__(self) -> None:
         self._backends: tuple[Backend, ...] = ()
         self._weights: list[int] = []
-        self._smooth = SmoothWeights()
+        self._smooth = SmoothCycle()
         # Built on first use with a shared cursor: the one cycle all workers walk.
         self._schedule: list[int] | None = None
         # With several workers, a position shared by all of them (see balancer.shared). It is
