@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import selectors
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -309,3 +311,188 @@ def test_idle_supervisor_with_many_backends_stays_idle(cluster: Cluster) -> None
     used = cpu_seconds(pid) - before
     # (Before: about 0.8 s of CPU a second; after: about 0.05.)
     assert used < 0.25 * (time.monotonic() - began), f"{used:.2f}s of CPU while idle"
+
+
+def admin_table(admin: int) -> str:
+    return f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+
+
+def listen_of(admin: int) -> dict[str, int]:
+    """Each service's port, as the admin API shows it."""
+    return {
+        s["name"]: int(s["listen"].rsplit(":", 1)[1])
+        for s in call(admin, "GET", "/api/services")[1]
+    }
+
+
+def replace_worker(log: Path, index: int) -> int:
+    """Kill worker `index`, wait for its replacement to start; return the new pid."""
+    pid = worker_pids(log)[index]
+    os.kill(pid, signal.SIGKILL)
+    match = wait_for_log(log, rf"event worker .*worker {index} started, pid (?!{pid}\b)(\d+)")
+    return int(match.group(1))
+
+
+def test_rejected_reload_in_worker_mode_changes_nothing(cluster: Cluster) -> None:
+    # a moves to a free port, b to a port some other socket holds, and c is new: b's bind
+    # fails, so the reload is rejected, and none of it may stay half applied.
+    hello = cluster.backend()
+    admin = free_port()
+    old_a, old_b, new_a, new_c = free_port(), free_port(), free_port(), free_port()
+    path = workers_config(cluster, admin_table(admin) + service("a", old_a, hello))
+    path.write_text(path.read_text() + service("b", old_b, hello))
+    cluster.balancer("--config", str(path), "--workers", "2")
+    log = cluster.tmp / "lb.log"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        busy_port = busy.getsockname()[1]
+        text = path.read_text()
+        path.write_text(
+            text.replace(f"127.0.0.1:{old_a}", f"127.0.0.1:{new_a}").replace(
+                f"127.0.0.1:{old_b}", f"127.0.0.1:{busy_port}"
+            )
+            + service("c", new_c, hello)
+        )
+        status, body = call(admin, "POST", "/api/reload")
+        assert status == 400, body
+        assert "address already in use" in " ".join(body["errors"])
+        assert listen_of(admin) == {"a": old_a, "b": old_b}
+        # The reservations the reload made are given back; the old ones are kept.
+        assert bindable(new_a), f"port {new_a} still reserved after a rejected reload"
+        assert bindable(new_c), f"port {new_c} (new service c) leaked"
+        assert not bindable(old_a) and not bindable(old_b)
+        # A replacement worker listens where the running config says.
+        pid = replace_worker(log, 0)
+        wait_until(lambda: {old_a, old_b} <= listening_ports(pid), what="replacement listening")
+        assert new_a not in listening_ports(pid)
+        path.write_text(text)  # (as it was)
+    # (No connection to old_a: the balancer's end in TIME_WAIT would keep the port taken.)
+    # A reload that succeeds moves a, and only then gives its old port back.
+    path.write_text(text.replace(f"127.0.0.1:{old_a}", f"127.0.0.1:{new_a}"))
+    status, body = call(admin, "POST", "/api/reload")
+    assert status == 200, body
+    assert listen_of(admin) == {"a": new_a, "b": old_b}
+    wait_until(lambda: bindable(old_a), what=f"port {old_a} given back")
+    assert served_by(exchange(new_a)) == hello
+
+
+def test_backend_removed_while_busy_and_added_back_counts_every_connection(
+    cluster: Cluster,
+) -> None:
+    # The backend comes back while its old connections are still open: a worker must not
+    # count the old and the new ones in the same shared cell from two objects.
+    echo = cluster.backend("echo")
+    other = cluster.backend()
+    admin = free_port()
+    port = free_port()
+    path = workers_config(cluster, admin_table(admin) + service("s", port, echo))
+    cluster.balancer("--config", str(path), "--workers", "2")
+    text = path.read_text()
+    key = f"127.0.0.1:{echo}"
+
+    def active() -> int:
+        [backend] = call(admin, "GET", "/api/backends?service=s")[1]
+        assert backend["address"] == key
+        return int(backend["active"])
+
+    old = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    new: list[socket.socket] = []
+    try:
+        assert all(alive(s) for s in old)
+        wait_until(lambda: active() == 8, what="8 open connections")
+        path.write_text(text.replace(key, f"127.0.0.1:{other}"))
+        assert call(admin, "POST", "/api/reload")[0] == 200
+        path.write_text(text)
+        assert call(admin, "POST", "/api/reload")[0] == 200
+        new = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+        assert all(alive(s) for s in new)
+        wait_until(lambda: active() == 16, what="16 open connections to the backend")
+        for s in old:
+            s.close()
+        wait_until(lambda: active() == 8, what="8 open connections once the old ones closed")
+        assert all(alive(s) for s in new)
+        status, body = call(admin, "DELETE", f"/api/backends/s/{key}")
+        assert status == 202 and body["active"] == 8, body
+    finally:
+        for s in [*old, *new]:
+            s.close()
+
+
+def test_service_cursors_are_reused_and_too_many_services_are_rejected(
+    cluster: Cluster,
+) -> None:
+    # Each reload renames the second service: more new names over time than there are
+    # cursors in the shared memory (64), never more than two services at once.
+    hello = cluster.backend()
+    admin = free_port()
+    first = free_port()
+    path = workers_config(cluster, admin_table(admin) + service("a", first, hello))
+    base = path.read_text()
+    cluster.balancer("--config", str(path), "--workers", "2")
+    log = cluster.tmp / "lb.log"
+    for i in range(70):
+        path.write_text(base + service(f"s{i}", 0, hello))
+        status, body = call(admin, "POST", "/api/reload")
+        assert status == 200, (i, body)
+    ports = listen_of(admin)
+    assert sorted(ports) == ["a", "s69"]
+    pid = worker_pids(log)[1]
+    wait_until(lambda: ports["s69"] in listening_ports(pid), what="workers listening on s69")
+    assert served_by(exchange(ports["s69"])) == hello
+    # More services than cursors at once: rejected, with the limit, and nothing changes.
+    path.write_text(base + "".join(service(f"m{i}", 0, hello) for i in range(64)))
+    status, body = call(admin, "POST", "/api/reload")
+    assert status == 400, body
+    assert any("64" in line for line in body["errors"]), body
+    assert listen_of(admin) == ports
+    assert served_by(exchange(ports["s69"])) == hello
+    assert "error" not in read_log(log).replace("reload_failed", "")
+
+
+def test_replacement_worker_routes_with_the_supervisors_pool_from_its_first_connection(
+    cluster: Cluster,
+) -> None:
+    # A backend in maintenance (set through the API, so the config file still lists it as
+    # enabled) gets no connection from a worker that replaces one that died. The services
+    # after the first make a replacement take its time between listening and being ready.
+    kept, shunned = cluster.backend(), cluster.backend()
+    admin = free_port()
+    port = free_port()
+    first = service("m", port, kept).replace(
+        f'{{ address = "127.0.0.1:{kept}" }}',
+        f'{{ address = "127.0.0.1:{kept}" }}, {{ address = "127.0.0.1:{shunned}" }}',
+    )
+    others = "".join(service(f"other{i}", 0, kept) for i in range(40))
+    path = workers_config(cluster, admin_table(admin) + first + others)
+    cluster.balancer("--config", str(path), "--workers", "2")
+    log = cluster.tmp / "lb.log"
+    status, body = call(
+        admin, "PATCH", f"/api/backends/m/127.0.0.1:{shunned}", {"state": "maintenance"}
+    )
+    assert status == 200, body
+    served: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            # (a connection in the killed worker's accept queue is reset)
+            with contextlib.suppress(OSError, AssertionError):
+                served.append(served_by(exchange(port, timeout=5)))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(served) > 20, what="connections")
+        first = len(served)  # (those before it raced the workers taking the PATCH)
+        for index in (0, 1, 0, 1):
+            replace_worker(log, index)
+            wanted = len(served) + 50
+            wait_until(lambda: len(served) > wanted, what="connections after a restart")  # noqa: B023
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    after = served[first:]
+    assert shunned not in after, f"{after.count(shunned)} to the backend in maintenance"

@@ -10,13 +10,14 @@ import asyncio
 import gc
 import resource
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from balancer.admin import Admin, AdminError
-from balancer.config import Config, ConfigError, ServiceConfig, load_config
+from balancer.config import Address, Config, ConfigError, ServiceConfig, load_config
 from balancer.logs import EventLog, route_python_logging
 from balancer.loop import run_loop
 from balancer.relay import describe_error
@@ -189,6 +190,11 @@ class Balancer:
 
     async def _apply(self, new: Config) -> list[str]:
         # Bind every new listener first; if one fails, close those and change nothing.
+        supervisor = self.supervisor
+        if supervisor is not None:
+            errors = supervisor.check(new)
+            if errors:
+                return errors
         fresh = {s.name: self._service(s) for s in new.services if s.name not in self.services}
         moved = {
             s.name: s
@@ -196,11 +202,13 @@ class Balancer:
             if s.name in self.services and s.listen != self.services[s.name].config.listen
         }
         servers = {}
+        # A supervisor's new reservations, kept apart until every one of them is made.
+        reservations: dict[str, tuple[Address, socket.socket]] = {}
         wanted = {s.name for s in new.services}
         # An address that a renamed, moved or removed service leaves is taken over with its
         # listener (binding it again would find it in use), once every other bind succeeded.
         holders = {}
-        if self.supervisor is None:
+        if supervisor is None:
             holders = {
                 service.config.listen: service
                 for name, service in self.services.items()
@@ -216,19 +224,35 @@ class Balancer:
         }
         try:
             for service in fresh.values():
-                if service.name not in takes:
+                if supervisor is not None:
+                    sock = supervisor.bind_port(service, service.config.listen)
+                    reservations[service.name] = (service.config.listen, sock)
+                elif service.name not in takes:
                     await self._open(service)
             for name, cfg in moved.items():
-                if self.supervisor is not None:
-                    self.supervisor.reserve(self.services[name], cfg.listen)
+                if supervisor is not None:
+                    sock = supervisor.bind_port(self.services[name], cfg.listen)
+                    reservations[name] = (cfg.listen, sock)
                 elif name not in takes:
                     servers[name] = await self.services[name].bind(cfg.listen)
         except StartupError as exc:
+            for _, sock in reservations.values():
+                sock.close()
             for service in fresh.values():
                 service.stop()
+                self.budget.services.remove(service)
             for server in servers.values():
                 server.close()
             return [str(exc)]
+        if supervisor is not None:
+            # Every port is bound: now the services move (closing their old reservations).
+            for name, (listen, sock) in reservations.items():
+                supervisor.commit(
+                    fresh[name] if name in fresh else self.services[name], listen, sock
+                )
+            for service in fresh.values():
+                service.announce()
+                service.health.sync()
         for name, holder in takes.items():
             listener = holder.give_listener()
             assert listener is not None  # (a service in the config listens)

@@ -73,6 +73,51 @@ def apply_snapshot(pool: Pool, snapshot: Snapshot) -> None:
     pool.rebuild()
 
 
+class BackendObjects:
+    """A worker's one Backend object for each service and address, as long as it has open
+    connections.
+
+    The supervisor gives a backend the same shared-memory slot for the same service and
+    address for all time, and a worker writes its open connections on that backend into its
+    cell. A backend that a reload (or the API) removes while connections are open, and that
+    comes back (or a service removed while draining, and added again), would otherwise have
+    two objects, the old with those connections and the new, each writing its own count into
+    the one cell. So the old object, while it has connections, takes the new one's place
+    (with the new one's settings): one count for the address, as in the cell."""
+
+    SETTINGS = (
+        "weight", "effective_weight", "health", "state", "max_connections", "send_proxy",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, Address], Backend] = {}
+
+    def adopt(self, services: dict[str, Service], names: list[str] | None = None) -> None:
+        """After a change to the pools of `names` (of every service by default)."""
+        for name in services if names is None else names:
+            pool = services[name].pool
+            swapped = False
+            for address, backend in list(pool.backends.items()):
+                old = self.objects.get((name, address))
+                if old is not None and old is not backend and old.active > 0 and not backend.active:
+                    for setting in self.SETTINGS:
+                        setattr(old, setting, getattr(backend, setting))
+                    if backend.slot >= 0:
+                        old.slot = backend.slot
+                    pool.backends[address] = old  # (in the same place: the order stays)
+                    swapped = True
+                else:
+                    self.objects[(name, address)] = backend
+            if swapped:
+                pool.rebuild()
+        # Forget the objects out of their pools whose connections have all ended.
+        for (name, address), backend in list(self.objects.items()):
+            if not backend.active:
+                service = services.get(name)
+                if service is None or service.pool.backends.get(address) is not backend:
+                    del self.objects[(name, address)]
+
+
 # -- figures a worker reports ------------------------------------------------------------------
 
 
@@ -211,11 +256,18 @@ async def worker_main(fd: int, index: int) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     link = WorkerLink(reader, writer)
-    config, memory_name, services = await receive(reader)
+    config, memory_name, services, pools = await receive(reader)
     shared = SharedState(memory_name, config.workers)
     log = EventLog(config.log.file, config.log.format)
     route_python_logging(log)
     balancer = Balancer(config, log, worker=index, health=lambda s: RemoteHealth(link, s.name))
+    objects = BackendObjects()
+    # The supervisor's view of the pools (states set through the API, health, slots) before
+    # the first connection, not the config file's.
+    for name, snapshot in pools.items():
+        if name in balancer.services:
+            apply_snapshot(balancer.services[name].pool, snapshot)
+    objects.adopt(balancer.services)
     balancer.share(shared, services)
     install_exception_handler(balancer)
     await balancer.start()
@@ -245,8 +297,12 @@ async def worker_main(fd: int, index: int) -> int:
                 service = balancer.services.get(message[1])
                 if service is not None:
                     apply_snapshot(service.pool, message[2])
+                    objects.adopt(balancer.services, [message[1]])
             elif kind == "config":
                 await balancer.apply_config(message[1])
+                # (No await between the reload's new Backend objects and this: none has a
+                # connection yet when an old one takes its place.)
+                objects.adopt(balancer.services)
                 balancer.share(shared, message[2])
 
     tasks = [loop.create_task(t()) for t in (link.pump, report, listen)]
@@ -325,6 +381,11 @@ class Supervisor:
 
     def reserve(self, service: Service, listen: Address) -> None:
         """Bind (not listen) the service port, so a port of 0 becomes one port for all."""
+        self.commit(service, listen, self.bind_port(service, listen))
+
+    def bind_port(self, service: Service, listen: Address) -> socket.socket:
+        """A new reservation of `listen` for `service`, which changes nothing else: the caller
+        passes it to `commit`, or closes it (a reload that fails on another port)."""
         from balancer.service import StartupError
 
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
@@ -359,12 +420,18 @@ class Supervisor:
             raise StartupError(
                 f"service {service.name!r} cannot listen on {listen}: {reason.lower()}"
             ) from None
+        return sock
+
+    def commit(self, service: Service, listen: Address, sock: socket.socket) -> None:
+        """Make `sock` (`bind_port`'s for `listen`) the service's reservation; its old one, if
+        any, is closed (the workers, which listen beside it, move when the config reaches them)."""
         old = self.reserved.pop(service.name, None)
-        if old is not None:
+        if old is not None and old is not sock:
             old.close()
         self.reserved[service.name] = sock
         host, port = sock.getsockname()[:2]
-        service.address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        v6 = sock.family == socket.AF_INET6
+        service.address = f"[{host}]:{port}" if v6 else f"{host}:{port}"
         service.bound = Address(listen.host, port)
 
     def worker_config(self) -> Config:
@@ -376,13 +443,32 @@ class Supervisor:
         )
         return replace(config, services=services)
 
+    @staticmethod
+    def check(config: Config) -> list[str]:
+        """What stops `config` from running with several workers (before anything changes)."""
+        if len(config.services) > MAX_SERVICES:
+            return [
+                f"at most {MAX_SERVICES} services with several workers, "
+                f"the config has {len(config.services)}"
+            ]
+        return []
+
     def _assign(self) -> dict[str, int]:
-        """Give every service a cursor and every backend a slot, once for all time."""
-        for name, service in self.balancer.services.items():
+        """Give every service a cursor (the index of one that is gone is given again) and
+        every backend a slot, the same one for the same service and address for all time."""
+        services = self.balancer.services
+        for name in [n for n in self.service_index if n not in services]:
+            del self.service_index[name]
+        taken = set(self.service_index.values())
+        free = (i for i in range(MAX_SERVICES) if i not in taken)
+        for name, service in services.items():
             if name not in self.service_index:
-                if len(self.service_index) >= MAX_SERVICES:
+                index = next(free, None)
+                if index is None:  # (`check` keeps configs to MAX_SERVICES)
                     raise RuntimeError(f"at most {MAX_SERVICES} services with several workers")
-                self.service_index[name] = len(self.service_index)
+                self.service_index[name] = index
+                if self._shared is not None:
+                    self._shared.set_cursor(index, 0)  # (a new service starts at the start)
             for backend in service.pool.backends.values():
                 slot = self.slots.get((name, backend.address))
                 if slot is None:
@@ -390,13 +476,17 @@ class Supervisor:
                         continue  # past the table's end: not counted across workers
                     slot = self.slots[(name, backend.address)] = len(self.slots)
                 backend.slot = slot
-        return {n: i for n, i in self.service_index.items() if n in self.balancer.services}
+        return dict(self.service_index)
 
     async def start(self) -> None:
+        from balancer.service import StartupError
+
+        errors = self.check(self.balancer.config)
+        if errors:
+            raise StartupError(errors[0])
         for service in self.balancer.services.values():
             service.pool.rebuild_listeners.append(self._pool_changed)
         self._assign()
-        from balancer.service import StartupError
 
         self._shared = SharedState(None, self.count)
         results = await asyncio.gather(
@@ -446,9 +536,11 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         worker.writer = writer
         try:
-            await send(writer, (self.worker_config(), self.shared.name, self._assign()))
-            for name, service in self.balancer.services.items():
-                await send(writer, ("pool", name, pool_snapshot(service.pool)))
+            # The pools' state comes with the config: the worker routes with it from its first
+            # connection (a backend in maintenance, say, gets none).
+            cursors = self._assign()
+            pools = {name: pool_snapshot(s.pool) for name, s in self.balancer.services.items()}
+            await send(writer, (self.worker_config(), self.shared.name, cursors, pools))
             ready = await receive(reader)
             if ready[0] != "ready":
                 raise WorkerStartError(f"said {ready!r} instead of ready")
@@ -621,6 +713,9 @@ class Supervisor:
         worker.writer.write(HEADER.pack(len(data)) + data)
 
     def _pool_changed(self, pool: Pool) -> None:
+        service = self.balancer.services.get(pool.name)
+        if service is None or service.pool is not pool:
+            return  # a removed service's (the workers drain theirs), or one in a reload
         self._assign()
         for worker in self.workers:
             self._post(worker, ("pool", pool.name, pool_snapshot(pool)))
