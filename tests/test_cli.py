@@ -249,11 +249,12 @@ def test_check_refuses_what_run_refuses_and_reload_skips_the_admin_table(
         f'[log]\nfile = "{log}"\n[[services]]\nname = "web"\n'
         f'listen = "127.0.0.1:{port}"\nbackends = ["127.0.0.1:{backend}"]\n'
     )
-    # An admin API open to the network without a token: `check` says no, as `run` would.
+    # An admin API open to the network without a token: `check` warns that `run` will refuse
+    # it unless a token comes by flag or environment (it may, so it is not an error).
     config.write_text(f'[admin]\nlisten = "0.0.0.0:0"\n{services}')
     result = run_cli("check", str(config))
-    assert result.returncode == 1
-    assert "admin.listen: the admin API on non-loopback address 0.0.0.0:0 needs a token" in (
+    assert result.returncode == 0
+    assert "warning: admin.listen: the admin API on non-loopback address 0.0.0.0:0 needs a" in (
         result.stderr
     )
 

@@ -152,6 +152,8 @@ def test_health_check_host_cannot_inject_header_lines() -> None:
         "services[0].health_check.host: expected a host name without spaces or control "
         "characters, got 'example.com\\r\\nX-Injected: 1'"
     ]
+    data["services"][0]["health_check"]["host"] = ""  # (the backend's own address)
+    assert parse_config(data).services[0].health_check.host is None
 
 
 def test_duplicates() -> None:

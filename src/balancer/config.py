@@ -437,11 +437,12 @@ def _http_path(value: object) -> str:
     return text
 
 
-def _http_host(value: object) -> str:
+def _http_host(value: object) -> str | None:
+    """The Host header of an http check; empty: the backend's address."""
     text = _string(value)
-    if not text or any(c.isspace() or not c.isprintable() for c in text):
+    if any(c.isspace() or not c.isprintable() for c in text):
         raise ValueError(f"expected a host name without spaces or control characters, got {text!r}")
-    return text
+    return text or None
 
 
 def _health(value: object, path: str, errors: list[str]) -> HealthCheckConfig:

@@ -45,6 +45,7 @@ class LeastConnections:
         order = sorted(range(count), key=lambda i: (load(backends[i]), -current[i]))
         smooth.charge(order[0])
         bound = MAX_OWED * smooth.total
-        current[:] = [min(max(value, -bound), bound) for value in current]
+        if max(current) > bound or min(current) < -bound:
+            current[:] = [min(max(value, -bound), bound) for value in current]
         for i in order:
             yield backends[i]
