@@ -7,6 +7,7 @@ import os
 import re
 import resource
 import selectors
+import signal
 import socket
 import struct
 import threading
@@ -599,6 +600,45 @@ def test_queue_is_first_come_first_served_and_woken_by_new_room(cluster: Cluster
     queued(0)
     for sock in (holder, first, second):
         sock.close()
+
+
+def test_backend_removed_busy_and_added_back_keeps_its_count(cluster: Cluster) -> None:
+    echo, hello = cluster.backend("echo"), cluster.backend()
+    port, admin = free_port(), free_port()
+    capped = f'{{ address = "127.0.0.1:{echo}", max_connections = 1 }}'
+
+    def write(backends: str) -> Path:
+        return config(cluster, service("web", port, backends, 'queue_timeout = "30s"'), admin)
+
+    proc, _ = cluster.balancer("--config", str(write(capped)))
+    log = cluster.tmp / "lb.log"
+    held = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        held.sendall(b"h")
+        assert held.recv(10) == b"h"
+        # A reload removes the busy backend, the next one brings it back: the connection still
+        # open counts against its max_connections, so a new client waits for it.
+        write(f'{{ address = "127.0.0.1:{hello}" }}')
+        proc.signal(signal.SIGHUP)
+        wait_for_log(log, rf"127\.0\.0\.1:{echo} removed: reload: 1 connections still open")
+        write(capped)
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: len(re.findall(r"event reload ", read_log(log))) == 2, what="reloads")
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=10)
+        waiting.sendall(b"w")
+
+        def queued() -> bool:
+            [web] = call(admin, "GET", "/api/services")[1]
+            return bool(web["queued"] == 1)
+
+        wait_until(queued, what="the new client queued behind the open connection")
+        [backend] = call(admin, "GET", "/api/backends")[1]
+        assert backend["active"] == 1, backend
+        held.close()
+        assert waiting.recv(10) == b"w"
+        waiting.close()
+    finally:
+        held.close()
 
 
 def test_proxy_protocol_through_two_balancers(cluster: Cluster) -> None:

@@ -100,6 +100,9 @@ class Pool:
         self.panic_listeners: list[Callable[[bool, int], None]] = []
         self.rebuild_listeners: list[Callable[[Pool], None]] = []
         self.eligible: tuple[Backend, ...] = ()
+        # Removed while connections were open: if the address comes back before they end, the
+        # same object returns, so that they count (for max_connections, least connections).
+        self.leaving: dict[Address, Backend] = {}
 
     def _emit(self, event: str, backend: Backend, message: str) -> None:
         backend.transitions[event] = backend.transitions.get(event, 0) + 1
@@ -134,7 +137,14 @@ class Pool:
     ) -> Backend:
         if address in self.backends:
             raise KeyError(f"backend {address} already exists in service {self.name!r}")
-        backend = Backend(address, weight, health)
+        backend = self.leaving.pop(address, None)
+        if backend is not None and backend.active:
+            backend.weight = weight
+            backend.effective_weight = weight
+            backend.health, backend.state = health, ENABLED
+            backend.last_change = time.time()
+        else:
+            backend = Backend(address, weight, health)
         self.backends[address] = backend
         self.rebuild()
         if not quiet:
@@ -147,6 +157,10 @@ class Pool:
 
     def remove(self, address: Address, reason: str = "") -> Backend:
         backend = self.backends.pop(address)
+        for gone in [a for a, b in self.leaving.items() if not b.active]:
+            del self.leaving[gone]
+        if backend.active:
+            self.leaving[address] = backend
         self.rebuild()
         detail = f"{backend.active} connections still open"
         self._emit("removed", backend, f"{reason}: {detail}" if reason else detail)
