@@ -263,7 +263,7 @@ class Balancer:
         for name in [n for n in self.services if n not in wanted]:
             retiring = self.services.pop(name)
             self.log.event("removed", f"service {name} removed by reload, draining", service=name)
-            task = asyncio.get_running_loop().create_task(retiring.drain(self.config.grace))
+            task = asyncio.get_running_loop().create_task(self._retire(retiring))
             self.retired.add(task)
             task.add_done_callback(self.retired.discard)
         for cfg in new.services:
@@ -280,6 +280,14 @@ class Balancer:
             grace=new.grace,
         )
         return []
+
+    async def _retire(self, service: Service) -> None:
+        """Drain a service a reload removed, then forget it."""
+        try:
+            await service.drain(self.config.grace)
+        finally:
+            if service in self.budget.services:
+                self.budget.services.remove(service)
 
     async def serve(self) -> None:
         await self._stop.wait()
