@@ -561,7 +561,7 @@ def test_queue_is_first_come_first_served_and_woken_by_new_room(cluster: Cluster
     # One slot, a queue of three, and each client that is served closes and a new one
     # arrives at once: the new one comes as the slot frees, and must queue behind the others.
     # Clients are served strictly in the order they connected.
-    total, order = 100, []
+    total, order = 100, list[int]()
     with selectors.DefaultSelector() as answered:
         for index in range(4):
             answered.register(client(index), selectors.EVENT_READ, index)

@@ -493,7 +493,7 @@ def test_replacement_worker_routes_with_the_supervisors_pool_from_its_first_conn
         t.start()
     try:
         wait_until(lambda: len(served) > 20, what="connections")
-        first = len(served)  # (those before it raced the workers taking the PATCH)
+        settled = len(served)  # (those before it raced the workers taking the PATCH)
         for index in (0, 1, 0, 1):
             replace_worker(log, index)
             wanted = len(served) + 50
@@ -502,5 +502,5 @@ def test_replacement_worker_routes_with_the_supervisors_pool_from_its_first_conn
         stop.set()
         for t in threads:
             t.join(timeout=10)
-    after = served[first:]
+    after = served[settled:]
     assert shunned not in after, f"{after.count(shunned)} to the backend in maintenance"
