@@ -1,9 +1,9 @@
 """Smooth weighted round-robin, as nginx does it.
 
-One worker runs nginx's algorithm live, keeping each backend's current weight across rebuilds,
-so shares stay exact while backends come and go and weights change. Several workers walk one
-precomputed cycle with a position in shared memory (see balancer.shared), which also carries
-on across rebuilds.
+One worker keeps each backend's current weight across rebuilds, as nginx does, so shares stay
+exact while backends come and go and weights change; its picks are worked out a cycle at a
+time (SmoothCycle). Several workers walk one precomputed cycle with a position in shared
+memory (see balancer.shared), which also carries on across rebuilds.
 """
 
 from __future__ import annotations
@@ -110,16 +110,11 @@ class SmoothWeights:
     def charge(self, index: int) -> None:
         self.current[index] -= self.total
 
-    def pick(self) -> int:
-        current = self.advance()
-        best = current.index(max(current))  # ties: the first, as smooth_schedule
-        current[best] -= self.total
-        return best
-
 
 class SmoothCycle(SmoothWeights):
-    """The picks of SmoothWeights.pick, worked out a cycle (the total weight's worth) at a
-    time, so that a pick costs the same whatever the number of backends.
+    """Smooth weighted round-robin's picks (`advance`, then `charge` the highest), worked out
+    a cycle (the total weight's worth) at a time, so that a pick costs the same whatever the
+    number of backends.
 
     From the current weights a rebuild leaves, one cycle of picks may not bring them back to
     where it started; the next cycle is then worked out from where that one ended. Once a
