@@ -427,6 +427,56 @@ def test_backend_removed_while_busy_and_added_back_counts_every_connection(
             s.close()
 
 
+def test_service_removed_while_busy_and_added_back_counts_every_connection(
+    cluster: Cluster,
+) -> None:
+    # A reload removes the service (it drains, its 8 connections stay open) and the next one
+    # adds it back: the new service's backend is another object in each worker, which must
+    # not write its own count over the old one's in the shared cell.
+    echo, other = cluster.backend("echo"), cluster.backend()
+    admin, port, spare = free_port(), free_port(), free_port()
+    text = admin_table(admin) + service("s", port, echo)
+    path = workers_config(cluster, text + service("t", spare, other))
+    cluster.balancer("--config", str(path), "--workers", "2")
+    key = f"127.0.0.1:{echo}"
+
+    def active() -> int:
+        [backend] = call(admin, "GET", "/api/backends?service=s")[1]
+        assert backend["address"] == key
+        return int(backend["active"])
+
+    old = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    new: list[socket.socket] = []
+    try:
+        assert all(alive(s) for s in old)
+        wait_until(lambda: active() == 8, what="8 open connections")
+        workers_config(cluster, admin_table(admin) + service("t", spare, other))
+        assert call(admin, "POST", "/api/reload")[0] == 200
+        workers_config(cluster, text + service("t", spare, other))
+        # (refused, changing nothing, while a worker has not yet closed the old listener)
+        wait_until(
+            lambda: call(admin, "POST", "/api/reload")[0] == 200, what="the service added back"
+        )
+        deadline = time.monotonic() + 15
+        while len(new) < 8 and time.monotonic() < deadline:
+            try:  # (the workers listen again once they have applied the reload)
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            except ConnectionRefusedError:
+                continue
+            if alive(s):
+                new.append(s)
+            else:
+                s.close()
+        assert len(new) == 8, "the service was not back in every worker"
+        wait_until(lambda: active() == 16, what="16 open connections to the backend")
+        for s in old:
+            s.close()
+        wait_until(lambda: active() == 8, what="8 open connections once the old ones closed")
+    finally:
+        for s in [*old, *new]:
+            s.close()
+
+
 def test_service_cursors_are_reused_and_too_many_services_are_rejected(
     cluster: Cluster,
 ) -> None:

@@ -137,15 +137,7 @@ class Pool:
     ) -> Backend:
         if address in self.backends:
             raise KeyError(f"backend {address} already exists in service {self.name!r}")
-        backend = self.leaving.pop(address, None)
-        if backend is not None and backend.active:
-            backend.weight = weight
-            backend.effective_weight = weight
-            backend.health, backend.state = health, ENABLED
-            backend.last_change = time.time()
-        else:
-            backend = Backend(address, weight, health)
-        self.backends[address] = backend
+        backend = self.put(address, weight, health)
         self.rebuild()
         if not quiet:
             self.announce_added(backend)
@@ -155,12 +147,31 @@ class Pool:
         detail = f"weight {backend.weight}, {backend.health}, {backend.state}"
         self._emit("added", backend, f"{reason}: {detail}" if reason else detail)
 
-    def remove(self, address: Address, reason: str = "") -> Backend:
+    def put(self, address: Address, weight: int, health: str) -> Backend:
+        """Place a backend for `address` (not rebuilt yet): the object removed while its
+        connections were open, if they still are, so that they keep counting; else a new one."""
+        backend = self.leaving.pop(address, None)
+        if backend is not None and backend.active:
+            backend.weight = weight
+            backend.effective_weight = weight
+            backend.health, backend.state = health, ENABLED
+            backend.last_change = time.time()
+        else:
+            backend = Backend(address, weight, health)
+        self.backends[address] = backend
+        return backend
+
+    def take_out(self, address: Address) -> Backend:
+        """Take a backend out (not rebuilt yet), kept aside while its connections are open."""
         backend = self.backends.pop(address)
         for gone in [a for a, b in self.leaving.items() if not b.active]:
             del self.leaving[gone]
         if backend.active:
             self.leaving[address] = backend
+        return backend
+
+    def remove(self, address: Address, reason: str = "") -> Backend:
+        backend = self.take_out(address)
         self.rebuild()
         detail = f"{backend.active} connections still open"
         self._emit("removed", backend, f"{reason}: {detail}" if reason else detail)

@@ -63,11 +63,11 @@ def apply_snapshot(pool: Pool, snapshot: Snapshot) -> None:
     """Make a worker's pool match the supervisor's, then rebuild the tables once."""
     wanted = {item[0]: item for item in snapshot}
     for address in [a for a in pool.backends if a not in wanted]:
-        del pool.backends[address]
+        pool.take_out(address)
     for address, weight, effective, health, state, slot in snapshot:
         backend = pool.backends.get(address)
         if backend is None:
-            backend = pool.backends[address] = Backend(address, weight, health)
+            backend = pool.put(address, weight, health)
         backend.weight, backend.effective_weight = weight, effective
         backend.health, backend.state, backend.slot = health, state, slot
     pool.rebuild()
@@ -79,11 +79,11 @@ class BackendObjects:
 
     The supervisor gives a backend the same shared-memory slot for the same service and
     address for all time, and a worker writes its open connections on that backend into its
-    cell. A backend that a reload (or the API) removes while connections are open, and that
-    comes back (or a service removed while draining, and added again), would otherwise have
-    two objects, the old with those connections and the new, each writing its own count into
-    the one cell. So the old object, while it has connections, takes the new one's place
-    (with the new one's settings): one count for the address, as in the cell."""
+    cell. A pool gives back its own busy backend that goes and comes back (`Pool.put`), but a
+    service removed while draining and added again has a new pool, whose new objects would
+    write their counts into the cells beside the old ones'. So the old object, while it has
+    connections, takes the new one's place (with the new one's settings): one count for the
+    address, as in the cell."""
 
     SETTINGS = (
         "weight", "effective_weight", "health", "state", "max_connections", "send_proxy",
