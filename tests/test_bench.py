@@ -109,7 +109,7 @@ def test_floor_column_only_when_asked_for() -> None:
     assert "| workload | unit | better | direct | haproxy | nginx | balancer |" in default
     assert not any("floor" in line for line in default)
 
-    lines = render(results, Params(targets=TARGETS), meta, {}).splitlines()
+    lines = render(results, Params(targets=TARGETS[:5]), meta, {}).splitlines()
     assert "| workload | unit | better | direct | haproxy | nginx | balancer | floor |" in lines
     assert (
         "| keep-alive relay (wrk -t1 -c50) | requests/s | higher | 40,000 | 20,000 | - | 15,000 "
@@ -120,6 +120,30 @@ def test_floor_column_only_when_asked_for() -> None:
         for line in lines
     )
     assert "| keep-alive relay (wrk -t1 -c50) | 0.50 | - | 0.38 | - | 0.75 | 1.00 | 0.75 |" in lines
+
+    # With the C floor too: its column, its ratio to HAProxy, and the Python floor's to it.
+    results.samples.append(
+        {
+            "run": 1,
+            "workload": "keepalive",
+            "target": "cfloor",
+            "metrics": {"keepalive_rps": 25000.0},
+        }
+    )
+    lines = render(results, Params(targets=TARGETS), meta, {}).splitlines()
+    assert (
+        "| workload | unit | better | direct | haproxy | nginx | balancer | floor | cfloor |"
+        in lines
+    )
+    assert any(
+        line.endswith("| floor / haproxy | balancer / floor | cfloor / haproxy | floor / cfloor |")
+        for line in lines
+    )
+    assert (
+        "| keep-alive relay (wrk -t1 -c50) | 0.50 | - | 0.38 | - | 0.75 | 1.00 | 0.75 | 1.25 "
+        "| 0.80 |" in lines
+    )
+    assert any("- cfloor: the same relay in C" in line for line in lines)
 
 
 def test_soak_report_format() -> None:
@@ -205,16 +229,20 @@ def test_quick_bench_reports_every_workload(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_short_soak_through_the_balancer(tmp_path: Path) -> None:
+def test_short_soak_through_the_balancer_and_the_c_floor(tmp_path: Path) -> None:
     require_tool("nginx")
     require_tool("wrk")
+    require_tool("cc")  # (the harness builds floor.c)
     raw = tmp_path / "soak.json"
-    args = ("bench", "--soak", "2s", "--targets", "balancer", "--no-install", "--json", str(raw))
+    targets = "balancer,cfloor"
+    args = ("bench", "--soak", "2s", "--targets", targets, "--no-install", "--json", str(raw))
     done = subprocess.run(balancer_cmd(*args), capture_output=True, text=True, timeout=50)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "## balancer bench: connection-churn soak" in done.stdout
-    soak = json.loads(raw.read_text())["soak"]["balancer"]
-    assert soak["alive"] and soak["requests_per_s"] > 0, soak
-    assert soak["socket_errors"] == 0, soak
-    assert soak["fds_before"] > 0 and soak["fds_after"] == soak["fds_before"], soak
-    assert soak["rss_after_kib"] > 0, soak
+    assert "skipping" not in done.stderr, done.stderr
+    for target in ("balancer", "cfloor"):
+        soak = json.loads(raw.read_text())["soak"][target]
+        assert soak["alive"] and soak["requests_per_s"] > 0, soak
+        assert soak["socket_errors"] == 0, soak
+        assert soak["fds_before"] > 0 and soak["fds_after"] == soak["fds_before"], soak
+        assert soak["rss_after_kib"] > 0, soak

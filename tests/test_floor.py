@@ -1,5 +1,5 @@
-"""balancer.floor, the harness's featureless reference relay: it must relay correctly, or its
-figures mean nothing."""
+"""The harness's featureless reference relays, balancer.floor (Python) and floor.c (C): they
+must relay correctly, or their figures mean nothing."""
 
 from __future__ import annotations
 
@@ -10,25 +10,42 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, Cluster, Process, exchange
+from conftest import PYTHON, Cluster, Process, exchange, require_tool
+
+from balancer.bench import build_cfloor
 
 MIB = 1024 * 1024
 
 
+def floor_command(which: str, tmp_path: Path) -> list[str]:
+    if which == "python":
+        return [PYTHON, "-m", "balancer.floor"]
+    require_tool("cc")
+    binary, error = build_cfloor(tmp_path)
+    assert binary is not None, error
+    return [str(binary)]
+
+
 @pytest.mark.timeout(90)
-def test_floor_relays_both_ways_with_backpressure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["python", "c"])
+def test_floor_relays_both_ways_with_backpressure(which: str, tmp_path: Path) -> None:
+    command = floor_command(which, tmp_path)
     cluster = Cluster(tmp_path)
     try:
         echo = cluster.backend("echo")
         hello = cluster.backend("hello")
-        floor = Process([PYTHON, "-m", "balancer.floor", "0", str(echo), str(hello)])
+        floor = Process([*command, "0", str(echo), str(hello)])
         cluster.processes.append(floor)
         port = int(floor.expect(r"floor listening on 127\.0\.0\.1:(\d+)").group(1))
 
-        # Round robin: the first connection goes to the echo backend. 8 MiB each way at once:
-        # both sockets of the pair fill up, so the relay must keep and resend what they refuse.
+        # Round robin: the first connection goes to the echo backend. 8 MiB each way at once,
+        # into a small receive buffer: the relay's sockets fill up, so it must keep and resend
+        # what they refuse.
         payload = os.urandom(8 * MIB)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(30)
+            s.connect(("127.0.0.1", port))
             sender = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
             sender.start()
             got = hashlib.sha256()

@@ -8,7 +8,8 @@ Everything runs on 127.0.0.1 with ports from the OS, in a temporary directory re
   roundrobin), `nginx` (stream module, worker_processes 1) and `balancer` (`balancer run`,
   one process unless `--balancer-args` says otherwise), each balancing over both ports;
   and, only when asked for, `floor` (`balancer.floor`: the least work a relay written in Python
-  can do, no features, to show how much of a gap is Python's own cost);
+  can do, no features, to show how much of a gap is Python's own cost) and `cfloor` (the same
+  relay in C, `floor.c`, built with the machine's C compiler: what any relay can reach here);
 - workloads, each run against each target, interleaved run by run: keep-alive relay (wrk
   -t1 -c50), new connections (wrk -t1 -c50 with `Connection: close`), bulk download (one
   connection reading the big file), latency percentiles (wrk -t1 -c10 --latency), CPU time
@@ -44,13 +45,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 HOST = "127.0.0.1"
-TARGETS = ("direct", "haproxy", "nginx", "balancer", "floor")
-DEFAULT_TARGETS = TARGETS[:4]  # (the report always has their columns; floor's when asked for)
+TARGETS = ("direct", "haproxy", "nginx", "balancer", "floor", "cfloor")
+DEFAULT_TARGETS = TARGETS[:4]  # (the report always has their columns; the floors' when asked for)
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -665,6 +667,28 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return result
 
 
+def build_cfloor(directory: Path) -> tuple[Path | None, str]:
+    """Compile floor.c (shipped with the package) into `directory`: the binary, or None and why."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "no C compiler (cc) to build floor.c"
+    source = resources.files("balancer") / "floor.c"
+    binary = directory / "cfloor"
+    with resources.as_file(source) as path:
+        try:
+            built = subprocess.run(
+                [compiler, "-O2", "-o", str(binary), str(path)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"floor.c could not be built: {exc}"
+    if built.returncode != 0:
+        return None, f"floor.c could not be built: {built.stderr.strip()[-500:]}"
+    return binary, ""
+
+
 def download(port: int, path: str, size: int, timeout: float = 60.0) -> float:
     """Seconds to fetch `path` (at least `size` bytes of body) over one new connection."""
     request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode()
@@ -805,6 +829,7 @@ class Bench:
             "nginx": self._start_stream,
             "balancer": self._start_balancer,
             "floor": self._start_floor,
+            "cfloor": self._start_cfloor,
         }
         for name, port in zip(TARGETS, [self.backend_ports[0], *ports[2:]], strict=True):
             if name not in self.params.targets:
@@ -813,6 +838,8 @@ class Bench:
                 self.skip(name, self.tools.problems[name])
                 continue
             proc = starters[name](port)
+            if name in self.skipped:
+                continue
             if why := wait_ready(port, proc, READY_TIMEOUT):
                 output = self.children.output(name)
                 self.skip(name, f"did not start: {why}" + (f"\n{output}" if output else ""))
@@ -864,6 +891,14 @@ class Bench:
         return self.children.start(
             "floor", [sys.executable, "-m", "balancer.floor", str(port), *ports]
         )
+
+    def _start_cfloor(self, port: int) -> subprocess.Popen[bytes] | None:
+        binary, error = build_cfloor(self.tmp)
+        if binary is None:
+            self.skip("cfloor", error)
+            return None
+        ports = [str(p) for p in self.backend_ports]
+        return self.children.start("cfloor", [str(binary), str(port), *ports])
 
     def skip(self, name: str, why: str) -> None:
         self.skipped[name] = why.splitlines()[0]
@@ -1080,7 +1115,12 @@ RATIOS = (
     ("nginx", "haproxy"),
     ("balancer", "haproxy"),
 )
-FLOOR_RATIOS = (("floor", "haproxy"), ("balancer", "floor"))  # (when floor was asked for)
+FLOOR_RATIOS = (  # (each when its floor was asked for)
+    ("floor", "haproxy"),
+    ("balancer", "floor"),
+    ("cfloor", "haproxy"),
+    ("floor", "cfloor"),
+)
 
 
 def columns(params: Params) -> list[str]:
@@ -1089,7 +1129,9 @@ def columns(params: Params) -> list[str]:
 
 
 def ratio_pairs(params: Params) -> tuple[tuple[str, str], ...]:
-    return RATIOS + (FLOOR_RATIOS if "floor" in params.targets else ())
+    return RATIOS + tuple(
+        pair for pair in FLOOR_RATIOS if all(t in params.targets for t in pair if "floor" in t)
+    )
 
 
 def ratios(results: Results, params: Params) -> dict[str, dict[str, float | None]]:
@@ -1130,6 +1172,11 @@ def render(
         *(
             ["- floor: `python -m balancer.floor`, a relay with no features, Python's own cost"]
             if "floor" in params.targets
+            else []
+        ),
+        *(
+            ["- cfloor: the same relay in C (`floor.c`), what any relay can reach on this machine"]
+            if "cfloor" in params.targets
             else []
         ),
         f"- memory: {params.idle_connections:,} idle relayed connections, once per target after "
