@@ -39,6 +39,7 @@ ROW_KEYS = (
     "latency p50",
     "latency p99",
     "CPU per request",
+    "of which in user space",
     "RSS before idle connections",
     "RSS with",
     "RSS per idle connection",
@@ -222,6 +223,12 @@ def test_quick_bench_reports_every_workload(tmp_path: Path) -> None:
         assert medians[target]["bulk_mbps"] > 0, target
     assert data["memory"]["balancer"]["held"] == data["params"]["idle_connections"]
     assert medians["balancer"]["cpu_us_per_request"] > 0
+    # (the balancer is Python: some of its time is its own, not only the kernel's)
+    assert (
+        0
+        < medians["balancer"]["cpu_user_us_per_request"]
+        < medians["balancer"]["cpu_us_per_request"]
+    )
     # Every process it started is gone: nothing listens on the ports it used.
     for target in data["meta"]["targets"].values():
         with pytest.raises(OSError):

@@ -126,6 +126,7 @@ def metrics(params: Params) -> tuple[Metric, ...]:
             3,
         ),
         Metric("cpu_us_per_request", "CPU per request (keep-alive run)", "us", "lower", 1),
+        Metric("cpu_user_us_per_request", "of which in user space", "us", "lower", 1),
         Metric("rss_idle_mib", "RSS before idle connections", "MiB", "lower", 1),
         Metric("rss_held_mib", f"RSS with {idle} idle connections", "MiB", "lower", 1),
         Metric("rss_per_connection_kib", "RSS per idle connection", "KiB", "lower", 2),
@@ -498,14 +499,15 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its descendants."""
-    ticks = 0
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """utime and stime of the process and its descendants: user space and kernel."""
+    user = system = 0
     for p in process_tree(pid):
         with suppress(OSError, ValueError, IndexError):
             fields = _stat_fields(p)
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLK_TCK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def tree_fds(pid: int) -> int:
@@ -947,14 +949,18 @@ class Bench:
         values: dict[str, float | None] = {}
         if workload == "keepalive":
             pid = target.pid
-            cpu_before = tree_cpu_seconds(pid) if pid else 0.0
+            user_before, system_before = tree_cpu_seconds(pid) if pid else (0.0, 0.0)
             wrk = self.wrk(target, "/", KEEPALIVE_CONNECTIONS, close=False)
-            cpu = tree_cpu_seconds(pid) - cpu_before if pid else None
             values["keepalive_rps"] = wrk.get("requests_per_s")
             requests = wrk.get("requests")
-            if cpu is not None and requests:
+            if pid and requests:
+                user_after, system_after = tree_cpu_seconds(pid)
+                user = user_after - user_before
+                cpu = user + system_after - system_before
                 values["cpu_us_per_request"] = cpu * 1e6 / requests
+                values["cpu_user_us_per_request"] = user * 1e6 / requests
                 wrk["cpu_seconds"] = cpu
+                wrk["cpu_user_seconds"] = user
             sample["wrk"] = wrk
         elif workload == "close":
             wrk = self.wrk(target, "/", CLOSE_CONNECTIONS, close=True)
