@@ -36,6 +36,42 @@ def alive(s: socket.socket) -> bool:
         return False
 
 
+def open_to(admin: int, key: str) -> int:
+    """Open connections to `key`, the one backend of service s, as the admin API counts them."""
+    [backend] = call(admin, "GET", "/api/backends?service=s")[1]
+    assert backend["address"] == key
+    return int(backend["active"])
+
+
+def connect_echoed(
+    port: int, count: int, into: list[socket.socket], refused_ok: bool = False
+) -> None:
+    """Connect until `into` holds `count` connections that an echo backend answers (one that
+    a worker sent elsewhere, before it applied a reload, is closed), for at most 15 s. With
+    `refused_ok`, a refused connect is tried again: the workers listen again once they have
+    applied a reload."""
+    deadline = time.monotonic() + 15
+    while len(into) < count and time.monotonic() < deadline:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            if not refused_ok:
+                raise
+            continue
+        if alive(s):
+            into.append(s)
+        else:
+            s.close()
+
+
+def old_ones_leave_the_count(admin: int, key: str, old: list[socket.socket]) -> None:
+    """8 old and 8 new connections are counted on `key`; once the old ones close, 8."""
+    wait_until(lambda: open_to(admin, key) == 16, what="16 open connections to the backend")
+    for s in old:
+        s.close()
+    wait_until(lambda: open_to(admin, key) == 8, what="8 open connections once the old ones closed")
+
+
 def worker_pids(log: Path) -> dict[int, int]:
     """The pid each worker last started with, by index."""
     return {
@@ -390,35 +426,18 @@ def test_backend_removed_while_busy_and_added_back_counts_every_connection(
     cluster.balancer("--config", str(path), "--workers", "2")
     text = path.read_text()
     key = f"127.0.0.1:{echo}"
-
-    def active() -> int:
-        [backend] = call(admin, "GET", "/api/backends?service=s")[1]
-        assert backend["address"] == key
-        return int(backend["active"])
-
     old = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
     new: list[socket.socket] = []
     try:
         assert all(alive(s) for s in old)
-        wait_until(lambda: active() == 8, what="8 open connections")
+        wait_until(lambda: open_to(admin, key) == 8, what="8 open connections")
         path.write_text(text.replace(key, f"127.0.0.1:{other}"))
         assert call(admin, "POST", "/api/reload")[0] == 200
         path.write_text(text)
         assert call(admin, "POST", "/api/reload")[0] == 200
-        # (A worker may take a connection before it has applied the reload: that one goes to
-        # the other backend, which answers and closes; only the echoed ones are kept.)
-        deadline = time.monotonic() + 15
-        while len(new) < 8 and time.monotonic() < deadline:
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            if alive(s):
-                new.append(s)
-            else:
-                s.close()
+        connect_echoed(port, 8, new)
         assert len(new) == 8, "the backend was not back in every worker"
-        wait_until(lambda: active() == 16, what="16 open connections to the backend")
-        for s in old:
-            s.close()
-        wait_until(lambda: active() == 8, what="8 open connections once the old ones closed")
+        old_ones_leave_the_count(admin, key, old)
         assert all(alive(s) for s in new)
         status, body = call(admin, "DELETE", f"/api/backends/s/{key}")
         assert status == 202 and body["active"] == 8, body
@@ -439,17 +458,11 @@ def test_service_removed_while_busy_and_added_back_counts_every_connection(
     path = workers_config(cluster, text + service("t", spare, other))
     cluster.balancer("--config", str(path), "--workers", "2")
     key = f"127.0.0.1:{echo}"
-
-    def active() -> int:
-        [backend] = call(admin, "GET", "/api/backends?service=s")[1]
-        assert backend["address"] == key
-        return int(backend["active"])
-
     old = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
     new: list[socket.socket] = []
     try:
         assert all(alive(s) for s in old)
-        wait_until(lambda: active() == 8, what="8 open connections")
+        wait_until(lambda: open_to(admin, key) == 8, what="8 open connections")
         workers_config(cluster, admin_table(admin) + service("t", spare, other))
         assert call(admin, "POST", "/api/reload")[0] == 200
         workers_config(cluster, text + service("t", spare, other))
@@ -457,21 +470,9 @@ def test_service_removed_while_busy_and_added_back_counts_every_connection(
         wait_until(
             lambda: call(admin, "POST", "/api/reload")[0] == 200, what="the service added back"
         )
-        deadline = time.monotonic() + 15
-        while len(new) < 8 and time.monotonic() < deadline:
-            try:  # (the workers listen again once they have applied the reload)
-                s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            except ConnectionRefusedError:
-                continue
-            if alive(s):
-                new.append(s)
-            else:
-                s.close()
+        connect_echoed(port, 8, new, refused_ok=True)
         assert len(new) == 8, "the service was not back in every worker"
-        wait_until(lambda: active() == 16, what="16 open connections to the backend")
-        for s in old:
-            s.close()
-        wait_until(lambda: active() == 8, what="8 open connections once the old ones closed")
+        old_ones_leave_the_count(admin, key, old)
     finally:
         for s in [*old, *new]:
             s.close()
