@@ -355,6 +355,35 @@ def test_half_closed_request_is_retried_and_reasons_say_what_happened(cluster: C
         scripted.close()
 
 
+def test_traffic_both_ways_keeps_a_connection_past_its_timeouts(cluster: Cluster) -> None:
+    # Client, server and idle timeouts of 300 ms; the client and the echo backend talk for
+    # four times that long, then fall silent. Every chunk either way counts as activity.
+    echo = cluster.backend("echo")
+    port = free_port()
+    extra = '[services.timeouts]\nidle = "300ms"\nclient = "300ms"\nserver = "300ms"'
+    cluster.balancer("--config", str(config(cluster, service("talk", port, [echo], extra))))
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        talking_until = time.monotonic() + 1.2
+        while time.monotonic() < talking_until:
+            message = b"%d" % sent
+            s.sendall(message)
+            echoed = b""
+            while len(echoed) < len(message):
+                chunk = s.recv(100)
+                assert chunk, f"closed while talking, {sent} bytes in"
+                echoed += chunk
+            assert echoed == message
+            sent += len(message)
+        assert s.recv(100) == b""  # silent now: ended by a timeout
+    line = wait_for_log(
+        cluster.tmp / "lb.log", rf"service=talk .*bytes_in={sent} bytes_out={sent} .*"
+    ).group(0)
+    assert re.search(r"termination=(idle|client|server)_timeout", line), line
+    duration = re.search(r"duration_ms=([\d.]+)", line)
+    assert duration is not None and float(duration.group(1)) >= 1200
+
+
 def test_backend_closing_idle_clients_is_not_failing(cluster: Cluster) -> None:
     # The backend closes connections on which nothing came for 0.5 s (an idle timeout, as
     # servers have): past the connect timeout, that is the client's silence, not a failure.
@@ -655,15 +684,22 @@ def test_proxy_protocol_through_two_balancers(cluster: Cluster) -> None:
         + service("outer", outer, [inner], 'send_proxy = "v1"'),
     )
     cluster.balancer("--config", str(path))
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     with socket.create_connection(("127.0.0.1", outer), timeout=10) as s:
         client = f"127.0.0.1:{s.getsockname()[1]}"
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.sendall(request)
         answer = b""
         while chunk := s.recv(4096):
             answer += chunk
     assert f"X-Client: {client}".encode() in answer.replace(b"x-client", b"X-Client")
     backend.expect(rf"connection from {re.escape(client)} \(PROXY v2")
-    wait_for_log(cluster.tmp / "lb.log", rf"service=inner client={re.escape(client)} ")
+    # Both count the client's bytes and the answer's; the header outer sent is not the client's.
+    for name in ("outer", "inner"):
+        wait_for_log(
+            cluster.tmp / "lb.log",
+            rf"service={name} client={re.escape(client)} .*"
+            rf"bytes_in={len(request)} bytes_out={len(answer)} ",
+        )
 
     # A malformed header closes that connection only, with a logged reason.
     with socket.create_connection(("127.0.0.1", inner), timeout=10) as s:

@@ -1,10 +1,13 @@
 """The proxy: moves bytes between a client connection and a backend connection.
 
-Built on asyncio Protocols served by `stream.Stream` transports, so relaying a chunk is one
-callback and one write with no coroutine and no copy. Backpressure runs both ways: when one
-side's write buffer fills, reading from the other side stops until it drains. An EOF from one
-side is forwarded as a half-close to the other; the connection ends when both directions have
-ended, or either side resets. Every connection ends with exactly one termination reason.
+Built on asyncio Protocols served by `stream.Stream` transports. Once the backend is
+connected (and, with `retry_replay`, has answered), each side's stream writes what it reads
+straight to the other's: relaying a chunk is one write, with no coroutine, no copy and no call
+into the session, and the streams count the bytes and the times. Backpressure runs both ways:
+when one side's write buffer fills, reading from the other side stops until it drains. An EOF
+from one side is forwarded as a half-close to the other; the connection ends when both
+directions have ended, or either side resets. Every connection ends with exactly one
+termination reason.
 
 A backend connection that fails before any byte has flowed either way is retried on the next
 candidate, invisibly to the client; with `retry_replay`, so is one that fails after the client
@@ -88,13 +91,13 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "accepted_at",
         "admitted",
+        "answered",
         "attempts",
-        "awaiting_first_byte",
         "backend",
         "backend_eof",
         "backend_open",
-        "bytes_in",
-        "bytes_out",
+        "bytes_in_then",
+        "bytes_out_then",
         "candidates",
         "client",
         "client_eof",
@@ -109,8 +112,7 @@ class Session(asyncio.Protocol):
         "finished",
         "full",
         "header_buffer",
-        "last_backend",
-        "last_client",
+        "header_size",
         "last_error",
         "linger",
         "loop",
@@ -149,8 +151,9 @@ class Session(asyncio.Protocol):
         self.started = 0.0
         self.accepted_at = 0.0
         self.connect_ms = -1.0
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self.answered = False  # the backend in use has sent its first bytes
+        self.bytes_in_then = 0  # the figures of a finished session (its streams are dropped)
+        self.bytes_out_then = 0
         self.termination: Termination | None = None
         self.client_eof = False
         self.backend_eof = False
@@ -161,12 +164,10 @@ class Session(asyncio.Protocol):
         self.running = False  # past max_connections' gate: connecting or relaying
         self.reading_header = service.config.accept_proxy
         self.header_buffer = b""
+        self.header_size = 0  # the PROXY header's bytes, which are not the client's
         self.preface = b""  # client bytes read before a backend existed (after a PROXY header)
-        self.awaiting_first_byte = True
         self.replay: list[bytes] | None = [] if service.config.passive.retry_replay else None
         self.replay_size = 0
-        self.last_client = 0.0
-        self.last_backend = 0.0
         self.relaying_since = 0.0
         self.tick = 0  # the tick of service.wheel this session waits in (0: none)
         self.linger: asyncio.TimerHandle | None = None  # a refused client's last seconds
@@ -186,7 +187,7 @@ class Session(asyncio.Protocol):
         transport = cast(Stream, transport)
         self.client = transport
         self.client_open = True
-        self.last_client = self.last_backend = self.accepted_at = self.loop.time()
+        self.accepted_at = self.loop.time()
         self.started = time.monotonic()  # (uvloop's loop.time() has millisecond steps)
         self.source = _endpoint(transport.get_extra_info("peername"))
         if self.source is not None:
@@ -222,14 +223,32 @@ class Session(asyncio.Protocol):
         if self.client_open:
             self._connect()
 
+    @property
+    def bytes_in(self) -> int:
+        """The client's bytes so far (its stream counts them)."""
+        return self._counts()[0]
+
+    @property
+    def bytes_out(self) -> int:
+        """The backend's bytes so far (of the backend connection in use: one abandoned for a
+        retry had sent none)."""
+        return self._counts()[1]
+
+    def _counts(self) -> tuple[int, int]:
+        client, transport = self.client, self.up_transport
+        bytes_in, bytes_out = self.bytes_in_then, self.bytes_out_then
+        if client is not None and not self.reading_header:
+            bytes_in = client.received - self.header_size
+        if transport is not None:
+            bytes_out = transport.received
+        return bytes_in, bytes_out
+
     def data_received(self, data: bytes | memoryview) -> None:
-        """Client bytes (a view valid only during the call: see stream.Handler)."""
+        """Client bytes (a view valid only during the call: see stream.Handler), until they
+        can go straight to the backend's stream (see _relay_directly)."""
         if self.reading_header:
             self._header_data(data)
             return
-        self.bytes_in += len(data)
-        self.last_client = self.loop.time()
-        self.awaiting_first_byte = False
         if self.replay is not None:
             self._keep_for_replay(data)
         transport = self.up_transport
@@ -256,14 +275,13 @@ class Session(asyncio.Protocol):
         header, length = parsed
         self.reading_header = False
         self.header_buffer = b""
+        self.header_size = length
         if header.source is not None:
             self.source, self.destination = header.source, header.destination
             self.client_ip = header.source[0]
             self.peer = _show(header.source)
         rest = buffer[length:]
         if rest:
-            self.bytes_in += len(rest)
-            self.awaiting_first_byte = False
             self.preface = rest
             if self.replay is not None:
                 self._keep_for_replay(rest)
@@ -323,14 +341,11 @@ class Session(asyncio.Protocol):
         """Reading one side again after backpressure: its silence is counted from now."""
         now = self.loop.time()
         timeouts = self.service.config.timeouts
-        if client:
-            self.last_client = now
-            if timeouts.client:
+        stream = self.client if client else self.up_transport
+        if stream is not None:
+            stream.heard = now
+            if timeouts.client if client else timeouts.server:
                 self._arm(now)  # (its timeout did not run while paused)
-        else:
-            self.last_backend = now
-            if timeouts.server:
-                self._arm(now)
 
     # -- connecting -------------------------------------------------------------------------
 
@@ -520,7 +535,9 @@ class Session(asyncio.Protocol):
             transport.write(self.preface)
         self.preface = b""
         self.queued_until = 0.0  # (a later wait in the queue is a new one)
-        now = self.last_client = self.last_backend = self.relaying_since = self.loop.time()
+        now = self.client.heard = transport.heard = self.relaying_since = self.loop.time()
+        if self.replay is None:
+            self._relay_directly()
         if self.client_eof:
             transport.write_eof()
         elif not transport.protocol_paused:  # (else Upstream.resume_writing resumes it)
@@ -530,23 +547,29 @@ class Session(asyncio.Protocol):
     # -- backend side (called by Upstream) ----------------------------------------------------
 
     def upstream_data(self, data: bytes | memoryview) -> None:
-        if not self.bytes_out:
-            self._first_answer()
-        self.bytes_out += len(data)
-        self.last_backend = self.loop.time()
-        assert self.client is not None
+        """The backend's first bytes: it answered. (The rest go straight to the client.)"""
+        self.replay = None
+        self.answered = True
+        assert self.backend is not None and self.client is not None
+        self.service.backend_answered(self.backend)
+        self._relay_directly()
         self.client.write(data)
 
-    def _first_answer(self) -> None:
-        self.replay = None
-        assert self.backend is not None
-        self.service.backend_answered(self.backend)
+    def _relay_directly(self) -> None:
+        """From now on each side's stream writes what it reads to the other's: nothing
+        written to the backend needs keeping for a replay any more. (A retry on another
+        backend undoes this: see _failed_early.)"""
+        client, transport = self.client, self.up_transport
+        assert client is not None and transport is not None
+        client.target = transport
+        if self.answered:
+            transport.target = client
 
     def _failed_early(self, upstream: Upstream, exc: Exception | None) -> bool:
         """Retry elsewhere when the backend failed before anything was lost; True if so."""
         if upstream is not self.upstream:
             return True  # an earlier, already abandoned backend connection
-        unanswered = self.bytes_out == 0 and (exc is not None or not self.client_eof)
+        unanswered = not self.answered and (exc is not None or not self.client_eof)
         if not unanswered or not self.client_open:
             return False  # (a client that left first is no fault of the backend's)
         service = self.service
@@ -570,6 +593,8 @@ class Session(asyncio.Protocol):
         transport, self.up_transport = self.up_transport, None
         if transport is not None:
             transport.abort()
+        assert self.client is not None
+        self.client.target = None
         self._connect()
         return True
 
@@ -610,23 +635,21 @@ class Session(asyncio.Protocol):
             return self.accepted_at + wait, Termination.BAD_PROXY_HEADER
         if self.upstream is None:
             return None
-        last_client, last_backend = self.last_client, self.last_backend
+        client, transport = self.client, self.up_transport
+        assert client is not None and transport is not None
+        last_client, last_backend = client.heard, transport.heard
         deadline = (max(last_client, last_backend) + timeouts.idle, Termination.IDLE_TIMEOUT)
         # A side is timed out for its silence only while it is expected to send: not once it
         # has sent its EOF, nor while its reading is paused because the other side is not
         # taking the bytes (its timeout starts again when reading resumes).
-        if timeouts.client and not self.client_eof and not self._paused(self.client):
+        if timeouts.client and not self.client_eof and not client.paused:
             deadline = min(deadline, (last_client + timeouts.client, Termination.CLIENT_TIMEOUT))
-        if timeouts.server and not self.backend_eof and not self._paused(self.up_transport):
+        if timeouts.server and not self.backend_eof and not transport.paused:
             deadline = min(deadline, (last_backend + timeouts.server, Termination.SERVER_TIMEOUT))
-        if self.awaiting_first_byte and timeouts.client_first_byte:
+        if timeouts.client_first_byte and not self.bytes_in:
             first = self.relaying_since + timeouts.client_first_byte
             deadline = min(deadline, (first, Termination.FIRST_BYTE_TIMEOUT))
         return deadline
-
-    @staticmethod
-    def _paused(transport: Stream | None) -> bool:
-        return transport is not None and transport.paused
 
     def _arm(self, now: float) -> None:
         self._disarm()
@@ -677,11 +700,12 @@ class Session(asyncio.Protocol):
         self._disarm()
         if self.linger is not None:
             self.linger.cancel()
+        self.bytes_in_then, self.bytes_out_then = self._counts()
         backend = self.backend
         if backend is not None:
             self.service.release(backend)
-            backend.bytes_in += self.bytes_in
-            backend.bytes_out += self.bytes_out
+            backend.bytes_in += self.bytes_in_then
+            backend.bytes_out += self.bytes_out_then
         self.service.finished(
             self,
             AccessRecord(
@@ -690,8 +714,8 @@ class Session(asyncio.Protocol):
                 backend=backend.key if backend is not None else "-",
                 connect_ms=self.connect_ms,
                 duration_ms=(time.monotonic() - self.started) * 1000.0,
-                bytes_in=self.bytes_in,
-                bytes_out=self.bytes_out,
+                bytes_in=self.bytes_in_then,
+                bytes_out=self.bytes_out_then,
                 retries=max(self.attempts - 1, 0),
                 termination=str(self.termination or Termination.CLIENT_CLOSED),
             ),

@@ -22,6 +22,7 @@ import os
 import select
 import socket
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -44,6 +45,8 @@ _READ = select.EPOLLIN
 _WRITE = select.EPOLLOUT
 _TROUBLE = select.EPOLLERR | select.EPOLLHUP  # delivered to whichever side is watched
 POLL_BATCH = 1024  # ready sockets served per wake-up of the loop
+# The clock of asyncio's loop (uvloop's loop.time() is the same clock in millisecond steps).
+_clock = time.monotonic
 
 
 class Poller:
@@ -102,12 +105,13 @@ class Poller:
 
     def _dispatch(self) -> None:
         streams = self.streams
+        now = _clock()  # (when each stream in this batch was last heard from)
         for fd, events in self.epoll.poll(0, POLL_BATCH):
             stream = streams.get(fd)
             if stream is None:
                 continue  # (forgotten by an earlier stream's callback in this batch)
             if events & (_READ | _TROUBLE) and stream.reading:
-                stream._read_ready()
+                stream._read_ready(now)
             elif events & _TROUBLE and not stream.writing:
                 stream._trouble()  # (a guarded stream: see Stream.guard)
                 continue
@@ -146,6 +150,9 @@ class Handler(Protocol):
 class Stream(asyncio.Transport):
     """A connected, non-blocking TCP socket serving a `Handler`.
 
+    What is read goes to the handler's `data_received`, or, once `target` is set, straight to
+    that stream's `write` (a relay whose both sides are connected: one call per chunk instead
+    of three or four). Either way `received` counts the bytes and `heard` is when the last came.
     Writes go to the socket at once; what the kernel does not take is copied, kept in order,
     and sent when the socket is writable. Above HIGH_WATER unsent bytes the handler's
     `pause_writing` is called, at LOW_WATER `resume_writing`. An EOF from the peer calls
@@ -161,6 +168,7 @@ class Stream(asyncio.Transport):
         "eof_in",
         "eof_out",
         "fd",
+        "heard",
         "loop",
         "lost",
         "paused",
@@ -169,7 +177,9 @@ class Stream(asyncio.Transport):
         "protocol",
         "protocol_paused",
         "reading",
+        "received",
         "sock",
+        "target",
         "writing",
     )
 
@@ -198,6 +208,9 @@ class Stream(asyncio.Transport):
         self.closing = False
         self.lost = False  # connection_lost is scheduled or done
         self.protocol_paused = False
+        self.received = 0  # bytes read from the socket
+        self.heard = 0.0  # loop time of the last read (or as the handler resets it)
+        self.target: Stream | None = None  # where reads go, instead of the handler
 
     def start(self) -> None:
         """Call the protocol's `connection_made`, then read unless it paused or closed us."""
@@ -212,7 +225,7 @@ class Stream(asyncio.Transport):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _read_ready(self) -> None:
+    def _read_ready(self, now: float) -> None:
         try:
             size = self.sock.recv_into(_BUFFER)
         except _AGAIN:
@@ -224,7 +237,13 @@ class Stream(asyncio.Transport):
         assert protocol is not None
         try:
             if size:
-                protocol.data_received(_VIEW[:size])
+                self.received += size
+                self.heard = now
+                target = self.target
+                if target is not None:
+                    target.write(_VIEW[:size])
+                else:
+                    protocol.data_received(_VIEW[:size])
                 return
             self.eof_in = True
             if not protocol.eof_received():
