@@ -435,6 +435,9 @@ class Stream(asyncio.Transport):
             self.poller.lose(self.loop, self, exc)
 
     def _connection_lost(self, exc: Exception | None) -> None:
+        # (Two relayed streams target each other: unlinked here, they are freed at once, not
+        # by a later garbage collection.)
+        self.target = None
         protocol, self.protocol = self.protocol, None
         try:
             if protocol is not None:
