@@ -16,7 +16,12 @@ from hypothesis import strategies as st
 from balancer import algorithms
 from balancer.algorithms.least_connections import LeastConnections, load
 from balancer.algorithms.power_of_two import PowerOfTwo
-from balancer.algorithms.round_robin import RoundRobin, smooth_schedule
+from balancer.algorithms.round_robin import (
+    RoundRobin,
+    SmoothRotation,
+    smooth_run,
+    smooth_schedule,
+)
 from balancer.algorithms.source_hash import SourceHash
 from balancer.algorithms.weighted_random import WeightedRandom
 from balancer.config import Address
@@ -69,6 +74,62 @@ def test_candidates_are_every_backend_once(weights: list[int]) -> None:
         algorithm.update(pool)
         order = [b.key for b in algorithm.candidates("192.0.2.7")]
         assert sorted(order) == sorted(b.key for b in pool)
+
+
+def nginx_smooth_run(
+    weights: list[int], start: list[int], picks: int
+) -> tuple[list[int], list[int]]:
+    """Smooth weighted round-robin as nginx writes it: every weight added to its backend's
+    current weight, the highest (the first of equals) picked, and it pays the total."""
+    total, current, order = sum(weights), list(start), []
+    for _ in range(picks):
+        current = [c + w for c, w in zip(current, weights, strict=True)]
+        best = current.index(max(current))
+        current[best] -= total
+        order.append(best)
+    return order, current
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_round_robin_picks_are_nginxs(data: st.DataObject) -> None:
+    """The picks compare one backend per distinct weight; they must be exactly nginx's, from
+    any current weights and for several cycles (past the point where the bases are reset)."""
+    weights = data.draw(st.lists(st.sampled_from([1, 2, 3, 5, 8]), min_size=1, max_size=12))
+    bound = 2 * sum(weights)
+    start = data.draw(st.lists(st.integers(-bound, bound), min_size=len(weights),
+                               max_size=len(weights)))  # fmt: skip
+    picks = data.draw(st.integers(0, 4 * sum(weights)))
+    assert smooth_run(weights, start, picks) == nginx_smooth_run(weights, start, picks)
+
+
+class NginxRotation(SmoothRotation):
+    """The same carried-over state, picked the plain way: every current weight advanced."""
+
+    def pick(self) -> int:
+        current = self.advance()
+        best = current.index(max(current))
+        self.charge(best)
+        return best
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(1, 4), min_size=2, max_size=5),
+    st.lists(st.tuples(st.integers(1, 31), st.integers(0, 300)), min_size=1, max_size=6),
+)
+def test_round_robin_rotation_is_nginxs_across_rebuilds(
+    weights: list[int], phases: list[tuple[int, int]]
+) -> None:
+    """Picks kept and walked again once a cycle comes back, across rebuilds that change who is
+    in rotation (each phase a subset, by bit mask) and long enough for several cycles."""
+    keys = [f"b{i}" for i in range(len(weights))]
+    fast, plain = SmoothRotation(), NginxRotation()
+    for mask, picks in phases:
+        chosen = [i for i in range(len(weights)) if mask >> i & 1] or [0]
+        for rotation in (fast, plain):
+            rotation.update([keys[i] for i in chosen], [weights[i] for i in chosen])
+        assert [fast.pick() for _ in range(picks)] == [plain.pick() for _ in range(picks)]
 
 
 def test_round_robin_examples() -> None:

@@ -1,13 +1,15 @@
 """Smooth weighted round-robin, as nginx does it.
 
 One worker keeps each backend's current weight across rebuilds, as nginx does, so shares stay
-exact while backends come and go and weights change; its picks are worked out a cycle at a
-time (SmoothCycle). Several workers walk one precomputed cycle with a position in shared
-memory (see balancer.shared), which also carries on across rebuilds.
+exact while backends come and go and weights change (SmoothRotation); a pick compares only one
+backend per distinct weight (SmoothPicks), not all of them. Several workers walk one
+precomputed cycle with a position in shared memory (see balancer.shared), which also carries
+on across rebuilds.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 from collections.abc import Iterator, Sequence
@@ -42,20 +44,66 @@ def reduced_weights(weights: Sequence[int]) -> list[int]:
     return reduced
 
 
+class SmoothPicks:
+    """Smooth weighted round-robin's picks one at a time, the same as nginx's, in
+    O(k + log n) for n backends of k distinct weights rather than O(n).
+
+    A pick adds every weight to its backend's current weight; the highest (the first of equals)
+    is picked and pays the total. Adding weights never changes the order among backends of
+    the same weight, only a pick does; so each weight keeps its backends in a heap, and a pick
+    compares only the heaps' leaders. A current weight is `base + steps * weight`; once a
+    cycle's worth of steps has gone by, the bases take the steps in (O(n) every total picks,
+    and the total is at least n), so the numbers stay as small as the current weights.
+    """
+
+    __slots__ = ("base", "groups", "steps", "total", "weights")
+
+    def __init__(self, weights: Sequence[int], start: Sequence[int]) -> None:
+        self.weights = list(weights)
+        self.total = sum(weights)
+        self._rebase(list(start))
+
+    def _rebase(self, current: list[int]) -> None:
+        self.base = current
+        self.steps = 0
+        heaps: dict[int, list[tuple[int, int]]] = {}
+        for index, (weight, value) in enumerate(zip(self.weights, current, strict=True)):
+            heaps.setdefault(weight, []).append((-value, index))  # (highest first, then first)
+        for heap in heaps.values():
+            heapq.heapify(heap)
+        self.groups = list(heaps.items())
+
+    def pick(self) -> int:
+        if self.steps == self.total:
+            self._rebase(self.current())
+        steps = self.steps = self.steps + 1
+        groups = iter(self.groups)
+        weight, chosen = next(groups)
+        negated, best = chosen[0]
+        best_value = steps * weight - negated
+        for weight, heap in groups:
+            negated, index = heap[0]
+            value = steps * weight - negated
+            if value > best_value or (value == best_value and index < best):
+                best, best_value, chosen = index, value, heap
+        self.base[best] -= self.total
+        heapq.heapreplace(chosen, (-self.base[best], best))
+        return best
+
+    def current(self) -> list[int]:
+        """The current weights after the picks made so far."""
+        steps = self.steps
+        return [b + steps * w for b, w in zip(self.base, self.weights, strict=True)]
+
+
 def smooth_run(
     weights: Sequence[int], start: Sequence[int], picks: int
 ) -> tuple[list[int], list[int]]:
     """`picks` picks of smooth weighted round-robin from the current weights `start`: the
     indexes picked, and the current weights after them."""
-    total = sum(weights)
-    current = list(start)
-    order = []
-    for _ in range(picks):
-        current = [c + w for c, w in zip(current, weights, strict=True)]
-        best = current.index(max(current))  # (ties: the first)
-        current[best] -= total
-        order.append(best)
-    return order, current
+    run = SmoothPicks(weights, start)
+    pick = run.pick
+    return [pick() for _ in range(picks)], run.current()
 
 
 def smooth_schedule(weights: Sequence[int]) -> list[int]:
@@ -111,38 +159,38 @@ class SmoothWeights:
         self.current[index] -= self.total
 
 
-class SmoothCycle(SmoothWeights):
-    """Smooth weighted round-robin's picks (`advance`, then `charge` the highest), worked out
-    a cycle (the total weight's worth) at a time, so that a pick costs the same whatever the
-    number of backends.
+class SmoothRotation(SmoothWeights):
+    """Smooth weighted round-robin's picks for one worker: the current weights carried over
+    every rebuild (SmoothWeights), the picks made by SmoothPicks, so that neither a pick nor
+    a rebuild costs more than O(n).
 
-    From the current weights a rebuild leaves, one cycle of picks may not bring them back to
-    where it started; the next cycle is then worked out from where that one ended. Once a
-    cycle does come back (from the start, or after a rebuild within a cycle or two), it is
-    walked again and again until the next rebuild.
+    The picks of each cycle (the total weight's worth) are kept: once a cycle has brought the
+    current weights back to where it started (the first from a fresh start, or one or two
+    after a rebuild), it is walked again and again until the next rebuild, at O(1) a pick.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.cycle: list[int] = []  # picks from `start`
-        self.position = 0  # picks made of `cycle`
-        self.start: list[int] = []
-        self.end: list[int] = []  # the current weights after the whole cycle
-        self.repeats = False  # end == start: walk the cycle again
+        self.picks: SmoothPicks | None = None  # made at the first pick after a rebuild
+        self.cycle: list[int] = []  # the picks made since `start`
+        self.start: list[int] = []  # the current weights the cycle began from
+        self.position = -1  # walking `cycle` again, this far into it; -1: picking
 
     def update(self, keys: Sequence[str], weights: Sequence[int]) -> None:
         self.current = self._now()
+        self.picks, self.cycle, self.position = None, [], -1
         reduced = reduced_weights(weights)
         # Whole numbers count what a backend is owed, in 1/total of a pick: at least
         # 1/RESOLUTION, so that rescaling them over rebuilds loses next to nothing.
         scale = -(-RESOLUTION // sum(reduced)) if reduced else 1
         super().update(keys, [w * scale for w in reduced])
-        self.cycle, self.position, self.repeats = [], 0, False
 
     def _now(self) -> list[int]:
         """The current weights after the picks made so far."""
-        if not self.cycle:
+        if self.picks is None:
             return self.current
+        if self.position < 0:
+            return self.picks.current()
         made = self.position
         counts = [0] * len(self.start)
         for index in self.cycle[:made]:
@@ -155,14 +203,26 @@ class SmoothCycle(SmoothWeights):
 
     def pick(self) -> int:
         position = self.position
-        if position == len(self.cycle):
-            if not self.repeats:
-                start = self.end if self.cycle else self.current
-                self.cycle, self.end = smooth_run(self.weights, start, self.total)
-                self.start, self.repeats = start, self.end == start
-            position = 0
-        self.position = position + 1
-        return self.cycle[position]
+        if position >= 0:
+            cycle = self.cycle
+            if position == len(cycle):
+                position = 0
+            self.position = position + 1
+            return cycle[position]
+        picks = self.picks
+        if picks is None:
+            picks = self.picks = SmoothPicks(self.weights, self.current)
+            self.start = list(self.current)
+        index = picks.pick()
+        cycle = self.cycle
+        cycle.append(index)
+        if len(cycle) == self.total:
+            now = picks.current()
+            if now == self.start:
+                self.position = len(cycle)  # (the next pick starts it again)
+            else:
+                self.start, self.cycle = now, []
+        return index
 
 
 class RoundRobin:
@@ -171,7 +231,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._backends: tuple[Backend, ...] = ()
         self._weights: list[int] = []
-        self._smooth = SmoothCycle()
+        self._smooth = SmoothRotation()
         # Built on first use with a shared cursor: the one cycle all workers walk.
         self._schedule: list[int] | None = None
         # With several workers, a position shared by all of them (see balancer.shared). It is
