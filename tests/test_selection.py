@@ -22,7 +22,12 @@ from balancer.algorithms.round_robin import (
     smooth_run,
     smooth_schedule,
 )
-from balancer.algorithms.source_hash import SourceHash
+from balancer.algorithms.source_hash import (
+    MAX_POINTS,
+    POINTS_PER_WEIGHT,
+    SourceHash,
+    points_per_weight,
+)
 from balancer.algorithms.weighted_random import WeightedRandom
 from balancer.config import Address
 from balancer.pool import Backend
@@ -416,6 +421,50 @@ def test_source_hash_joining_backend_only_takes_clients(count: int) -> None:
     after = mapping(pool)
     newcomer = pool[count].key
     assert all(after[c] == newcomer for c in clients if before[c] != after[c])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 11), st.integers(0, 4)),  # (backend, its weight; 0: out)
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_source_hash_ring_changed_in_place_is_the_ring_built_afresh(
+    changes: list[tuple[int, int]],
+) -> None:
+    """A ring that takes a changed backend's points off and puts its new ones on (in place)
+    maps every client, and orders every fallback, as one built from scratch for that pool."""
+    pool = backends([1] * 12)
+    weights = {b.key: 1 for b in pool}
+    ring = SourceHash()
+    ring.update(pool)
+    for index, weight in changes:
+        weights[pool[index].key] = weight
+        now = [Backend(b.address, weights[b.key]) for b in pool if weights[b.key]]
+        ring.update(now)
+        fresh = SourceHash()
+        fresh.update(now)
+        for client in clients[::10]:
+            assert [b.key for b in ring.candidates(client)] == [
+                b.key for b in fresh.candidates(client)
+            ]
+
+
+def test_source_hash_ring_size_is_bounded() -> None:
+    """Heavy pools get fewer points per weight, halving, so a ring stays within MAX_POINTS."""
+    assert points_per_weight(1) == POINTS_PER_WEIGHT
+    assert points_per_weight(MAX_POINTS // POINTS_PER_WEIGHT) == POINTS_PER_WEIGHT
+    assert points_per_weight(MAX_POINTS // POINTS_PER_WEIGHT + 1) == POINTS_PER_WEIGHT // 2
+    for total in (10_000, 50_500, 300_000, 10 * MAX_POINTS):
+        per_weight = points_per_weight(total)
+        assert per_weight == 1 or total * per_weight <= MAX_POINTS
+    pool = backends([100] * 30)  # 300,000 points at 100 per weight
+    ring = SourceHash()
+    ring.update(pool)
+    owners = Counter(first(ring, c).key for c in clients)
+    assert set(owners) == {b.key for b in pool}  # (each of the 30 has its 1/30 of the ring)
 
 
 def test_source_hash_is_stable_and_order_free() -> None:
