@@ -253,3 +253,25 @@ def test_short_soak_through_the_balancer_and_the_c_floor(tmp_path: Path) -> None
         assert soak["socket_errors"] == 0, soak
         assert soak["fds_before"] > 0 and soak["fds_after"] == soak["fds_before"], soak
         assert soak["rss_after_kib"] > 0, soak
+
+
+def test_selection_bench_reports_every_algorithm() -> None:
+    """`balancer bench --selection --quick`: a row of figures for every registered algorithm,
+    and round robin as a worker, for each pool size and weighting."""
+    from balancer.algorithms import REGISTRY
+    from balancer.selection_bench import QUICK_SIZES, WEIGHTS
+
+    done = subprocess.run(
+        balancer_cmd("bench", "--selection", "--quick"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(r"^\| (.+?) \| ([\d,]+) \| ([\d-]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                      done.stdout, re.MULTILINE)  # fmt: skip
+    seen = {(name, int(size.replace(",", "")), weights) for name, size, weights, _, _ in rows}
+    names = [*REGISTRY, "round_robin (workers)"]
+    assert seen == {(n, s, w) for n in names for s in QUICK_SIZES for w in WEIGHTS}
+    assert len(rows) == len(seen)
+    assert all(float(pick) > 0 for *_, pick in rows)

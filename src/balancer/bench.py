@@ -16,7 +16,8 @@ Everything runs on 127.0.0.1 with ports from the OS, in a temporary directory re
   per request (the target's utime+stime over the keep-alive run), and resident memory with
   8,000 idle relayed connections (measured once per target, after the timed runs);
 - or, with `--soak`, only a connection-churn soak through each relay, reporting whether it
-  survived, and its descriptors and resident memory before and after.
+  survived, and its descriptors and resident memory before and after;
+- or, with `--selection`, only what each algorithm's rebuild and pick cost (selection_bench).
 
 The report (stdout) is a markdown table of medians plus a table of ratios; progress goes to
 stderr. Missing tools are installed from Debian packages when running as root; a target whose
@@ -223,6 +224,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         metavar="N",
         help=f"idle connections held for the memory measurement (default {IDLE_CONNECTIONS:,})",
+    )
+    parser.add_argument(
+        "--selection",
+        action="store_true",
+        help="instead, what each algorithm's rebuild and pick cost for pools of 10 to 1,000 "
+        "backends (pure Python, no network; --quick: up to 100)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here as JSON")
     parser.add_argument(
@@ -1368,6 +1375,10 @@ def _bench(params: Params, out: IO[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """`balancer bench` from the parsed command line."""
+    if args.selection:
+        from balancer import selection_bench
+
+        return selection_bench.run(quick=bool(args.quick))
     return bench(params_from_args(args))
 
 
