@@ -161,8 +161,8 @@ class SmoothWeights:
 
 class SmoothRotation(SmoothWeights):
     """Smooth weighted round-robin's picks for one worker: the current weights carried over
-    every rebuild (SmoothWeights), the picks made by SmoothPicks, so that neither a pick nor
-    a rebuild costs more than O(n).
+    every rebuild (SmoothWeights), the picks made by SmoothPicks, so that a pick costs
+    O(k + log n) and a rebuild O(n) (plus one pass over a kept cycle, if one is being walked).
 
     The picks of each cycle (the total weight's worth) are kept: once a cycle has brought the
     current weights back to where it started (the first from a fresh start, or one or two
