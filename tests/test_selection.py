@@ -249,6 +249,33 @@ def test_round_robin_shared_cursor_continues_across_rebuilds() -> None:
         state.close()
 
 
+def test_round_robin_workers_schedules_kept_for_a_flapping_backend() -> None:
+    """Schedules are kept by weights: a pool that flaps between sets, and weights that change,
+    give the same picks as schedules worked out afresh at every rebuild."""
+    from balancer.shared import SharedCursor, SharedState
+
+    state = SharedState(None, 2)
+    try:
+        kept = RoundRobin()
+        kept.cursor = SharedCursor(state, 0)
+        pool = backends([1, 2, 3, 4, 5, 6])
+        sets = [pool, pool[:-1], pool[1:], pool[:-1], pool, pool[2:], pool[1:], pool]
+        for turn in range(200):
+            eligible = sets[turn % len(sets)]
+            if turn % 50 == 49:
+                pool[turn % 6].weight += 1
+                pool[turn % 6].effective_weight += 1
+            kept.update(eligible)
+            picked = first(kept).key
+            state.set_cursor(0, state.cursor(0) - 1)  # (the same position again)
+            afresh = RoundRobin()
+            afresh.cursor = kept.cursor
+            afresh.update(eligible)
+            assert first(afresh).key == picked
+    finally:
+        state.close()
+
+
 # -- least connections -------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ MAX_CYCLE = 65536
 RESOLUTION = 64  # the least total weight a smooth cycle works with
 # Backends out of rotation whose place is remembered (drained, down, slow-starting elsewhere).
 MAX_HELD = 4096
+KEPT_SCHEDULES = 4  # workers' schedules kept for weights seen before
 
 
 def selection_weight(backend: Backend) -> int:
@@ -232,8 +233,10 @@ class RoundRobin:
         self._backends: tuple[Backend, ...] = ()
         self._weights: list[int] = []
         self._smooth = SmoothRotation()
-        # Built on first use with a shared cursor: the one cycle all workers walk.
+        # Built on first use with a shared cursor: the one cycle all workers walk. The last
+        # few are kept by weights, so a backend that flaps in and out costs no new one.
         self._schedule: list[int] | None = None
+        self._schedules: dict[tuple[int, ...], list[int]] = {}
         # With several workers, a position shared by all of them (see balancer.shared). It is
         # never reset: a rebuild carries on from it, modulo the new cycle's length.
         self.cursor: SharedCursor | None = None
@@ -242,7 +245,7 @@ class RoundRobin:
         self._backends = tuple(backends)
         self._weights = [selection_weight(b) for b in backends]
         self._smooth.update([b.key for b in backends], self._weights)
-        self._schedule = None
+        self._schedule = self._schedules.get(tuple(self._weights))
 
     def candidates(self, client: str) -> Iterator[Backend]:
         backends = self._backends
@@ -252,6 +255,9 @@ class RoundRobin:
             schedule = self._schedule
             if schedule is None:
                 schedule = self._schedule = smooth_schedule(self._weights)
+                self._schedules[tuple(self._weights)] = schedule
+                if len(self._schedules) > KEPT_SCHEDULES:
+                    del self._schedules[next(iter(self._schedules))]
             first = schedule[self.cursor.next(len(schedule))]
         else:
             first = self._smooth.pick()
