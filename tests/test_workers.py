@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -12,10 +11,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from conftest import (
     Cluster,
     Process,
@@ -558,77 +555,3 @@ def test_replacement_worker_routes_with_the_supervisors_pool_from_its_first_conn
             t.join(timeout=10)
     after = served[settled:]
     assert shunned not in after, f"{after.count(shunned)} to the backend in maintenance"
-
-
-def test_slots_of_backends_long_gone_are_given_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The workers' shared-memory slots are finite: the slot of a backend gone for
-    SLOT_QUARANTINE that no worker counts on goes to a backend waiting for one, the first
-    waiting first, once its quarantine is over (without another change to the pool); while
-    every slot is held or counted, a new backend gets none, and the log says so."""
-    from balancer import workers
-    from balancer.app import Balancer
-    from balancer.config import Address, parse_config
-    from balancer.logs import EventLog
-    from balancer.shared import SharedState
-
-    monkeypatch.setattr(workers, "MAX_SLOTS", 3)
-    monkeypatch.setattr(workers, "SLOT_QUARANTINE", 0.5)
-    log_path = tmp_path / "lb.log"
-    backends = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
-    config = parse_config(
-        {
-            "workers": 2,
-            "services": [
-                {
-                    "name": "web",
-                    "listen": "127.0.0.1:0",
-                    "backends": backends,
-                    "health_check": {"enabled": False},
-                }
-            ],
-        }
-    )
-
-    async def main() -> None:
-        balancer = Balancer(config, EventLog(str(log_path)))
-        supervisor = balancer.supervisor
-        assert supervisor is not None
-        shared = supervisor._shared = SharedState(None, 2)
-        pool = balancer.services["web"].pool
-        pool.rebuild_listeners.append(supervisor._pool_changed)
-
-        def slot(port: int) -> int:
-            return pool.backends[Address("127.0.0.1", port)].slot
-
-        try:
-            supervisor._assign()
-            first = {port: slot(port) for port in (9001, 9002, 9003)}
-            assert sorted(first.values()) == [0, 1, 2]
-            pool.remove(Address("127.0.0.1", 9001))
-            pool.add(Address("127.0.0.1", 9004))
-            pool.add(Address("127.0.0.1", 9005))
-            assert slot(9004) == slot(9005) == -1  # 9001 has only just left
-            shared.set_active(1, first[9001], 1)  # a worker still counts a connection on it
-            await asyncio.sleep(1.5)
-            assert slot(9004) == slot(9005) == -1
-            shared.set_active(1, first[9001], 0)
-            await wait_for(lambda: slot(9004) == first[9001], 5.0)
-            assert slot(9005) == -1  # every slot is a backend's in the pool
-            pool.remove(Address("127.0.0.1", 9004))
-            await wait_for(lambda: slot(9005) == first[9001], 5.0)
-            assert (slot(9002), slot(9003)) == (first[9002], first[9003])  # kept throughout
-        finally:
-            await supervisor.stop(0)
-            balancer.log.close()
-
-    async def wait_for(condition: Callable[[], bool], timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.05)
-
-    asyncio.run(main())
-    text = log_path.read_text()
-    assert text.count("slots_exhausted") == 2
-    assert "127.0.0.1:9004" in text and "127.0.0.1:9005" in text

@@ -16,7 +16,7 @@ import signal
 from multiprocessing import resource_tracker, shared_memory
 
 MAX_SERVICES = 64
-MAX_SLOTS = 4096  # backends over all services at once (a removed one's slot is given again)
+MAX_SLOTS = 4096  # backends over all services, over the life of the process
 CELL = 8
 
 

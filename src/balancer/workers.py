@@ -20,7 +20,6 @@ import signal
 import socket
 import struct
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -37,9 +36,6 @@ if TYPE_CHECKING:
 HEADER = struct.Struct("!I")
 STATS_INTERVAL = 0.5  # how often a worker reports its figures
 RESTART_DELAY = 0.5
-# Seconds a removed backend's shared-memory slot is kept before it may be given to another:
-# time for every worker to have its pool without it (see Supervisor._reclaim).
-SLOT_QUARANTINE = 60.0
 
 
 async def send(writer: asyncio.StreamWriter, message: object) -> None:
@@ -368,10 +364,6 @@ class Supervisor:
         # exits for a port in use has no shared memory to leave behind).
         self._shared: SharedState | None = None
         self.slots: dict[tuple[str, Address], int] = {}
-        # Backends with a slot that are in no pool, and since when (oldest first).
-        self.absent: dict[tuple[str, Address], float] = {}
-        self.unslotted: set[tuple[str, Address]] = set()  # warned of: no slot was free
-        self.slot_timer: asyncio.TimerHandle | None = None  # to try those again
         self.service_index: dict[str, int] = {}
         self.reserved: dict[str, socket.socket] = {}
         self.retired: dict[str, dict[str, Totals]] = {}  # figures of workers that died
@@ -463,24 +455,12 @@ class Supervisor:
 
     def _assign(self) -> dict[str, int]:
         """Give every service a cursor (the index of one that is gone is given again) and
-        every backend a slot, the same one for the same service and address for as long as
-        anything may count on it (see `_reclaim`)."""
+        every backend a slot, the same one for the same service and address for all time."""
         services = self.balancer.services
         for name in [n for n in self.service_index if n not in services]:
             del self.service_index[name]
         taken = set(self.service_index.values())
         free = (i for i in range(MAX_SERVICES) if i not in taken)
-        now = time.monotonic()
-        present = {
-            (name, address)
-            for name, service in services.items()
-            for address in (*service.pool.backends, *service.pool.leaving)
-        }
-        for pair in self.slots:
-            if pair in present:
-                self.absent.pop(pair, None)
-            elif pair not in self.absent:
-                self.absent[pair] = now
         for name, service in services.items():
             if name not in self.service_index:
                 index = next(free, None)
@@ -490,59 +470,13 @@ class Supervisor:
                 if self._shared is not None:
                     self._shared.set_cursor(index, 0)  # (a new service starts at the start)
             for backend in service.pool.backends.values():
-                pair = (name, backend.address)
-                slot = self.slots.get(pair)
+                slot = self.slots.get((name, backend.address))
                 if slot is None:
-                    slot = len(self.slots) if len(self.slots) < MAX_SLOTS else self._reclaim(now)
-                    if slot is None:
-                        self._no_slot(pair, backend)
-                        continue
-                    self.slots[pair] = slot
-                    self.unslotted.discard(pair)
+                    if len(self.slots) >= MAX_SLOTS:
+                        continue  # past the table's end: not counted across workers
+                    slot = self.slots[(name, backend.address)] = len(self.slots)
                 backend.slot = slot
-        self.unslotted &= present
-        if self.unslotted and self.absent and self.slot_timer is None:
-            # A slot may come free once the longest-gone backend's quarantine is over.
-            wait = self.absent[next(iter(self.absent))] + SLOT_QUARANTINE - now
-            self.slot_timer = asyncio.get_running_loop().call_later(
-                max(wait + 0.1, 1.0), self._retry_slots
-            )
         return dict(self.service_index)
-
-    def _no_slot(self, pair: tuple[str, Address], backend: Backend) -> None:
-        if pair not in self.unslotted:
-            self.unslotted.add(pair)
-            self.balancer.log.event(
-                "slots_exhausted",
-                f"backend {backend.key} of service {pair[0]!r}: all {MAX_SLOTS} shared-memory "
-                "slots are in use, so its connections are not counted across workers "
-                "(max_connections, least connections) until one is free",
-                service=pair[0],
-                backend=backend.key,
-            )
-
-    def _retry_slots(self) -> None:
-        self.slot_timer = None
-        waiting = set(self.unslotted)
-        self._assign()
-        for name in {pair[0] for pair in waiting if pair in self.slots}:
-            service = self.balancer.services.get(name)
-            if service is not None:  # (a pool with a backend that has a slot now)
-                for worker in self.workers:
-                    self._post(worker, ("pool", name, pool_snapshot(service.pool)))
-
-    def _reclaim(self, now: float) -> int | None:
-        """The slot of a backend gone for SLOT_QUARANTINE seconds with no connection counted
-        in any worker's cell, the longest gone first; None if there is none. (By then every
-        worker has its pool without it; one still draining connections on it counts them.)"""
-        for pair, since in self.absent.items():
-            if now - since < SLOT_QUARANTINE:
-                return None
-            slot = self.slots[pair]
-            if self._shared is None or self._shared.total(slot) == 0:
-                del self.slots[pair], self.absent[pair]
-                return slot
-        return None
 
     async def start(self) -> None:
         from balancer.service import StartupError
@@ -824,8 +758,6 @@ class Supervisor:
                     worker.process.kill()
         for task in list(self.tasks):
             task.cancel()
-        if self.slot_timer is not None:
-            self.slot_timer.cancel()
         for sock in self.reserved.values():
             sock.close()
         if self._shared is not None:
