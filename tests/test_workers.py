@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import (
     Cluster,
     Process,
@@ -555,3 +556,39 @@ def test_replacement_worker_routes_with_the_supervisors_pool_from_its_first_conn
             t.join(timeout=10)
     after = served[settled:]
     assert shunned not in after, f"{after.count(shunned)} to the backend in maintenance"
+
+
+def test_backend_past_the_last_shared_memory_slot_is_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend added once every shared-memory slot has been given is not counted across
+    workers: the log says so, once, and the backends with slots keep theirs."""
+    from balancer import workers
+    from balancer.app import Balancer
+    from balancer.config import Address, parse_config
+    from balancer.logs import EventLog
+
+    monkeypatch.setattr(workers, "MAX_SLOTS", 2)
+    log_path = tmp_path / "lb.log"
+    service = {
+        "name": "web",
+        "listen": "127.0.0.1:0",
+        "backends": ["127.0.0.1:9001", "127.0.0.1:9002"],
+        "health_check": {"enabled": False},
+    }
+    config = parse_config({"workers": 2, "services": [service]})
+    balancer = Balancer(config, EventLog(str(log_path)))
+    supervisor = balancer.supervisor
+    assert supervisor is not None
+    pool = balancer.services["web"].pool
+    try:
+        supervisor._assign()
+        pool.add(Address("127.0.0.1", 9003))
+        supervisor._assign()
+        supervisor._assign()  # (every change assigns again)
+        slots = {a.port: b.slot for a, b in pool.backends.items()}
+        assert slots == {9001: 0, 9002: 1, 9003: -1}
+    finally:
+        balancer.log.close()
+    text = log_path.read_text()
+    assert text.count("slots_exhausted") == 1 and "127.0.0.1:9003" in text

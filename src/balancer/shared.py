@@ -16,7 +16,7 @@ import signal
 from multiprocessing import resource_tracker, shared_memory
 
 MAX_SERVICES = 64
-MAX_SLOTS = 4096  # backends over all services, over the life of the process
+MAX_SLOTS = 16384  # backends over all services, over the life of the process
 CELL = 8
 
 

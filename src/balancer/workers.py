@@ -364,6 +364,7 @@ class Supervisor:
         # exits for a port in use has no shared memory to leave behind).
         self._shared: SharedState | None = None
         self.slots: dict[tuple[str, Address], int] = {}
+        self.unslotted: set[tuple[str, Address]] = set()  # logged: no slot was left for them
         self.service_index: dict[str, int] = {}
         self.reserved: dict[str, socket.socket] = {}
         self.retired: dict[str, dict[str, Totals]] = {}  # figures of workers that died
@@ -473,10 +474,24 @@ class Supervisor:
                 slot = self.slots.get((name, backend.address))
                 if slot is None:
                     if len(self.slots) >= MAX_SLOTS:
-                        continue  # past the table's end: not counted across workers
+                        self._no_slot(name, backend)  # (not counted across workers)
+                        continue
                     slot = self.slots[(name, backend.address)] = len(self.slots)
                 backend.slot = slot
         return dict(self.service_index)
+
+    def _no_slot(self, name: str, backend: Backend) -> None:
+        if (name, backend.address) not in self.unslotted:
+            self.unslotted.add((name, backend.address))
+            self.balancer.log.event(
+                "slots_exhausted",
+                f"backend {backend.key} of service {name!r}: all {MAX_SLOTS} shared-memory "
+                "slots have been given (one per backend ever added, until a restart), so its "
+                "connections are not counted across workers (max_connections, least "
+                "connections count this worker's only)",
+                service=name,
+                backend=backend.key,
+            )
 
     async def start(self) -> None:
         from balancer.service import StartupError
