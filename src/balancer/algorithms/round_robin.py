@@ -234,7 +234,7 @@ class RoundRobin:
         self._weights: list[int] = []
         self._smooth = SmoothRotation()
         # Built on first use with a shared cursor: the one cycle all workers walk. The last
-        # few are kept by weights, so a backend that flaps in and out costs no new one.
+        # few used are kept by weights, so a backend that flaps in and out costs no new one.
         self._schedule: list[int] | None = None
         self._schedules: dict[tuple[int, ...], list[int]] = {}
         # With several workers, a position shared by all of them (see balancer.shared). It is
@@ -245,7 +245,10 @@ class RoundRobin:
         self._backends = tuple(backends)
         self._weights = [selection_weight(b) for b in backends]
         self._smooth.update([b.key for b in backends], self._weights)
-        self._schedule = self._schedules.get(tuple(self._weights))
+        weights = tuple(self._weights)
+        self._schedule = self._schedules.pop(weights, None)
+        if self._schedule is not None:  # (the latest used is the last to be dropped)
+            self._schedules[weights] = self._schedule
 
     def candidates(self, client: str) -> Iterator[Backend]:
         backends = self._backends
