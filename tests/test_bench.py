@@ -257,7 +257,8 @@ def test_short_soak_through_the_balancer_and_the_c_floor(tmp_path: Path) -> None
 
 def test_selection_bench_reports_every_algorithm() -> None:
     """`balancer bench --selection --quick`: a row of figures for every registered algorithm,
-    and round robin as a worker, for each pool size and weighting."""
+    and round robin as a worker, for each pool size and weighting; the relay harness's flags
+    are refused with it rather than ignored."""
     from balancer.algorithms import REGISTRY
     from balancer.selection_bench import QUICK_SIZES, WEIGHTS
 
@@ -275,3 +276,11 @@ def test_selection_bench_reports_every_algorithm() -> None:
     assert seen == {(n, s, w) for n in names for s in QUICK_SIZES for w in WEIGHTS}
     assert len(rows) == len(seen)
     assert all(float(pick) > 0 for *_, pick in rows)
+    refused = subprocess.run(
+        balancer_cmd("bench", "--selection", "--soak", "5s", "--json", "x.json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and not refused.stdout
+    assert "--soak, --json do not apply" in refused.stderr

@@ -1378,6 +1378,24 @@ def run(args: argparse.Namespace) -> int:
     if args.selection:
         from balancer import selection_bench
 
+        given = {
+            "--runs": args.runs != 3,
+            "--duration": args.duration != 5,
+            "--targets": tuple(args.targets) != DEFAULT_TARGETS,
+            "--balancer-args": bool(args.balancer_args),
+            "--soak": bool(args.soak),
+            "--idle-connections": args.idle_connections is not None,
+            "--json": args.json is not None,
+            "--no-install": args.no_install,
+            "--keep": args.keep,
+        }
+        if unused := [flag for flag, set_ in given.items() if set_]:
+            print(
+                f"balancer bench: --selection runs no relay; {', '.join(unused)} "
+                f"{'does' if len(unused) == 1 else 'do'} not apply to it",
+                file=sys.stderr,
+            )
+            return 2
         return selection_bench.run(quick=bool(args.quick))
     return bench(params_from_args(args))
 
