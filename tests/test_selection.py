@@ -276,6 +276,33 @@ def test_round_robin_workers_schedules_kept_for_a_flapping_backend() -> None:
         state.close()
 
 
+def test_round_robin_workers_long_schedule_is_worked_out_a_part_at_a_pick() -> None:
+    """A workers' schedule too long to work out at once (300 backends of 50 distinct weights:
+    7,650 picks) is worked out over many picks; meanwhile the worker makes its own smooth
+    picks, then it walks the whole schedule at the shared cursor."""
+    from balancer.algorithms.round_robin import SCHEDULE_WORK
+    from balancer.shared import SharedCursor, SharedState
+
+    weights = [1 + i % 50 for i in range(300)]
+    pool = backends(weights)
+    state = SharedState(None, 2)
+    try:
+        rr, alone = RoundRobin(), RoundRobin()
+        rr.cursor = SharedCursor(state, 0)
+        rr.update(pool)
+        alone.update(pool)
+        schedule = smooth_schedule(weights)
+        calls = -(-len(schedule) // (SCHEDULE_WORK // 50))
+        assert calls > 10
+        for _ in range(calls - 1):  # (the last part comes with the last of these picks)
+            assert first(rr) is first(alone)
+        assert state.cursor(0) == 0  # (the shared cursor is not moved meanwhile)
+        picks = [first(rr).key for _ in range(2 * len(schedule))]
+        assert picks == [pool[i].key for i in schedule] * 2
+    finally:
+        state.close()
+
+
 # -- least connections -------------------------------------------------------------------------
 
 

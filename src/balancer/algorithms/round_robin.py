@@ -2,9 +2,9 @@
 
 One worker keeps each backend's current weight across rebuilds, as nginx does, so shares stay
 exact while backends come and go and weights change (SmoothRotation); a pick compares only one
-backend per distinct weight (SmoothPicks), not all of them. Several workers walk one
-precomputed cycle with a position in shared memory (see balancer.shared), which also carries
-on across rebuilds.
+backend per distinct weight (SmoothPicks), not all of them. Several workers walk one cycle,
+worked out once for the weights (a part at each pick if it is long), with a position in shared
+memory (see balancer.shared), which also carries on across rebuilds.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ RESOLUTION = 64  # the least total weight a smooth cycle works with
 # Backends out of rotation whose place is remembered (drained, down, slow-starting elsewhere).
 MAX_HELD = 4096
 KEPT_SCHEDULES = 4  # workers' schedules kept for weights seen before
+SCHEDULE_WORK = 4096  # comparisons of a workers' schedule worked out at a pick (see _work_out)
 
 
 def selection_weight(backend: Backend) -> int:
@@ -237,6 +238,9 @@ class RoundRobin:
         # few used are kept by weights, so a backend that flaps in and out costs no new one.
         self._schedule: list[int] | None = None
         self._schedules: dict[tuple[int, ...], list[int]] = {}
+        # A schedule too long to work out at once is worked out a part at each pick (see
+        # _work_out): its weights, its picker, and its picks so far.
+        self._making: tuple[tuple[int, ...], SmoothPicks, list[int]] | None = None
         # With several workers, a position shared by all of them (see balancer.shared). It is
         # never reset: a rebuild carries on from it, modulo the new cycle's length.
         self.cursor: SharedCursor | None = None
@@ -249,22 +253,43 @@ class RoundRobin:
         self._schedule = self._schedules.pop(weights, None)
         if self._schedule is not None:  # (the latest used is the last to be dropped)
             self._schedules[weights] = self._schedule
+        if self._making is not None and self._making[0] != weights:
+            self._making = None
 
     def candidates(self, client: str) -> Iterator[Backend]:
         backends = self._backends
         if not backends:
             return
-        if self.cursor is not None:
-            schedule = self._schedule
-            if schedule is None:
-                schedule = self._schedule = smooth_schedule(self._weights)
-                self._schedules[tuple(self._weights)] = schedule
-                if len(self._schedules) > KEPT_SCHEDULES:
-                    del self._schedules[next(iter(self._schedules))]
+        schedule = self._schedule
+        if self.cursor is not None and schedule is None:
+            schedule = self._work_out()
+        if schedule is not None:
+            assert self.cursor is not None
             first = schedule[self.cursor.next(len(schedule))]
         else:
-            first = self._smooth.pick()
+            first = self._smooth.pick()  # (this worker's own picks, until it is worked out)
         yield backends[first]
         count = len(backends)
         for step in range(1, count):
             yield backends[(first + step) % count]
+
+    def _work_out(self) -> list[int] | None:
+        """Work out more of the workers' schedule: about SCHEDULE_WORK comparisons' worth of
+        picks at each call, so a long one (1,000 backends of 100 distinct weights: 50,000
+        picks of 100 comparisons each) costs no long stall; the schedule once it is whole."""
+        making = self._making
+        if making is None:  # (update() drops one made for other weights)
+            reduced = reduced_weights(self._weights)
+            picker = SmoothPicks(reduced, [0] * len(reduced))
+            making = self._making = (tuple(self._weights), picker, [])
+        weights, picker, made = making
+        pick = picker.pick
+        share = max(1, SCHEDULE_WORK // len(picker.groups))
+        made.extend(pick() for _ in range(min(share, picker.total - len(made))))
+        if len(made) < picker.total:
+            return None
+        self._making = None
+        self._schedule = self._schedules[weights] = made
+        if len(self._schedules) > KEPT_SCHEDULES:
+            del self._schedules[next(iter(self._schedules))]
+        return made
