@@ -260,14 +260,13 @@ class RoundRobin:
         backends = self._backends
         if not backends:
             return
-        schedule = self._schedule
-        if self.cursor is not None and schedule is None:
-            schedule = self._work_out()
-        if schedule is not None:
-            assert self.cursor is not None
-            first = schedule[self.cursor.next(len(schedule))]
-        else:
-            first = self._smooth.pick()  # (this worker's own picks, until it is worked out)
+        first = -1
+        if self.cursor is not None:
+            schedule = self._schedule or self._work_out()
+            if schedule is not None:
+                first = schedule[self.cursor.next(len(schedule))]
+        if first < 0:
+            first = self._smooth.pick()  # (a worker's own, until its schedule is worked out)
         yield backends[first]
         count = len(backends)
         for step in range(1, count):
