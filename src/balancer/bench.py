@@ -1378,10 +1378,11 @@ def run(args: argparse.Namespace) -> int:
     if args.selection:
         from balancer import selection_bench
 
+        defaults = Params()
         given = {
-            "--runs": args.runs != 3,
-            "--duration": args.duration != 5,
-            "--targets": tuple(args.targets) != DEFAULT_TARGETS,
+            "--runs": args.runs != defaults.runs,
+            "--duration": args.duration != defaults.duration,
+            "--targets": tuple(args.targets) != defaults.targets,
             "--balancer-args": bool(args.balancer_args),
             "--soak": bool(args.soak),
             "--idle-connections": args.idle_connections is not None,

@@ -4,9 +4,8 @@ Pure Python, no network: for every registered algorithm and a few pool sizes, wi
 weights and with weights spread over 1-100, the time of a rebuild (one backend comes back and
 another leaves, as health changes do, into a pool not seen before) together with the first
 pick after it, which is where an algorithm's lazily built tables are paid for, and the time of
-one pick after that. Round robin
-is measured twice: in one process, and as a worker walking the schedule shared by all workers.
-The report is a markdown table of medians.
+one pick after that. Round robin is measured twice: in one process, and as a worker walking the
+schedule shared by all workers. The report is a markdown table of medians.
 """
 
 from __future__ import annotations

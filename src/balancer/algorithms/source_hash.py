@@ -64,10 +64,7 @@ class SourceHash:
         counts = {b.key: b.weight * per_weight for b in backends}
         changed = [key for key, count in counts.items() if self._counts.get(key) != count]
         changed += [key for key in self._counts if key not in counts]
-        moved = sum(self._counts.get(key, 0) + counts.get(key, 0) for key in changed)
-        if not changed:
-            pass
-        elif len(changed) > 8 + len(counts) // 64:
+        if len(changed) > 8 + len(counts) // 64:
             self._ids = {key: i for i, key in enumerate(counts)}
             self._ring = [
                 point << _OWNER_BITS | self._ids[key]
@@ -75,9 +72,10 @@ class SourceHash:
                 for point in self._points(key, count)
             ]
             self._ring.sort()
-        else:
-            self._change(changed, counts, one_by_one=moved <= IN_PLACE_POINTS
-                         and moved * 16 <= len(self._ring))  # fmt: skip
+        elif changed:
+            moved = sum(self._counts.get(key, 0) + counts.get(key, 0) for key in changed)
+            one_by_one = moved <= IN_PLACE_POINTS and moved * 16 <= len(self._ring)
+            self._change(changed, counts, one_by_one=one_by_one)
         self._counts = counts
         self._backends = tuple(backends)
         owners: list[Backend | None] = [None] * (max(self._ids.values(), default=-1) + 1)
@@ -93,7 +91,6 @@ class SourceHash:
         list's tail each); more, by filtering the ring and sorting in the new points (one
         sorted run and a short tail, which sorting merges in close to linear time)."""
         ring, ids = self._ring, self._ids
-        stale = {ids[key] for key in changed if key in ids}
         if one_by_one:
             for key in changed:
                 if key in ids:
@@ -101,6 +98,7 @@ class SourceHash:
                     for point in self._points(key, self._counts[key]):
                         del ring[bisect.bisect_left(ring, point << _OWNER_BITS | owner)]
         else:
+            stale = {ids[key] for key in changed if key in ids}
             ring = [point for point in ring if point & _OWNER not in stale]
         for key in [k for k in changed if k not in counts]:
             del ids[key]
