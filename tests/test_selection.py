@@ -402,6 +402,133 @@ def test_least_connections_long_busy_backend_gets_no_run_of_ties() -> None:
     assert picks[pool[0].key] <= 13
 
 
+def brute_force_order(pool: list[Backend]) -> list[float]:
+    return sorted(load(b) for b in pool)
+
+
+@settings(max_examples=150)
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=7),
+    st.lists(
+        st.tuples(st.sampled_from(["pick", "end", "others", "rebuild", "weight"]),
+                  st.integers(0, 1000)),
+        min_size=1, max_size=80,
+    ),
+)  # fmt: skip
+def test_least_connections_heap_follows_every_change(
+    weights: list[int], steps: list[tuple[str, int]]
+) -> None:
+    """The heap is told of each change to a backend's counts (connections opened and ended here,
+    on other workers), and rebuilt with the pool: after any sequence of them, a pick is the
+    least loaded backend and the candidates come in order of load, as comparing every backend
+    gives. (A missed decrease, say, leaves a backend with a stale high load: never picked.)"""
+    pool = backends(weights)
+    lc = LeastConnections()
+    eligible = list(pool)
+    lc.update(eligible)
+    for action, n in steps:
+        backend = pool[n % len(pool)]
+        if action == "pick":
+            order = list(lc.candidates("x"))
+            if not eligible:
+                assert order == []
+                continue
+            assert [load(b) for b in order] == brute_force_order(eligible)
+            assert sorted(order, key=id) == sorted(eligible, key=id)
+            order[0].active += 1
+        elif action == "end" and backend.active:
+            backend.active -= 1
+        elif action == "others":
+            backend.others = n % 5
+        elif action == "rebuild":
+            eligible = [b for i, b in enumerate(pool) if (n >> i) & 1]
+            lc.update(eligible)
+        elif action == "weight":
+            backend.weight = backend.effective_weight = 1 + n % 6
+            lc.update(eligible)
+    if eligible:
+        assert load(first(lc)) == min(load(b) for b in eligible)
+
+
+def test_least_connections_pick_does_not_compare_every_backend() -> None:
+    """A pick looks at the heap's top: with 2,000 backends, a change to one and then a pick
+    call `load` on no other backend (comparing them all called it 2,000 times a pick)."""
+    import balancer.algorithms.least_connections as module
+
+    pool = backends([1] * 2000)
+    lc = LeastConnections()
+    lc.update(pool)
+    calls = 0
+    real = module.load
+
+    def counted(backend: Backend) -> float:
+        nonlocal calls
+        calls += 1
+        return real(backend)
+
+    module.load = counted
+    try:
+        for _ in range(100):
+            picked = first(lc)
+            picked.active += 1
+            assert load(picked) == 2.0  # (every pick goes to an idle backend, round the pool)
+    finally:
+        module.load = real
+    assert calls == 0
+    assert len({b.key for b in pool if b.active}) == 100
+
+
+def test_least_connections_ended_connection_makes_a_backend_first_again() -> None:
+    pool = backends([1, 1, 1])
+    lc = LeastConnections()
+    lc.update(pool)
+    for b in pool:
+        b.active = 2
+    pool[1].active = 1  # (told through Backend.moved: nothing is rebuilt)
+    assert first(lc) is pool[1]
+    pool[1].others = 3  # another worker's connections count as well
+    assert first(lc) in (pool[0], pool[2])
+
+
+def test_least_connections_leaving_backends_are_no_longer_watched() -> None:
+    pool = backends([1, 1, 1])
+    lc = LeastConnections()
+    lc.update(pool)
+    assert all(b.moved is not None for b in pool)
+    lc.update(pool[:2])
+    assert pool[2].moved is None and pool[0].moved is not None
+    pool[2].active = 5  # (a drained backend's connections end: nothing to do)
+    lc.update(pool)
+    pool[2].active = 0
+    assert load(first(lc)) == 1.0
+
+
+def test_least_connections_retry_walks_the_backends_of_its_pick() -> None:
+    """A retry's candidates are the pool as it was at the pick, even if it was rebuilt since
+    (a health change while the first connect was failing)."""
+    pool = backends([1, 1, 1, 1])
+    lc = LeastConnections()
+    lc.update(pool)
+    pool[0].active = 3
+    walk = iter(lc.candidates("x"))
+    picked = next(walk)
+    lc.update(pool[:2])
+    rest = list(walk)
+    assert sorted([picked, *rest], key=id) == sorted(pool, key=id)
+    assert rest[-1] is pool[0]  # (the busiest last)
+
+
+def test_pool_replacing_the_algorithm_stops_telling_the_old_one() -> None:
+    from balancer.pool import Pool
+
+    pool = Pool("web", LeastConnections())
+    added = [pool.add(Address("127.0.0.1", 9100 + i), 1) for i in range(3)]
+    assert all(b.moved is not None for b in added)
+    pool.replace_algorithm(RoundRobin())
+    pool.rebuild()
+    assert all(b.moved is None for b in added)
+
+
 # -- random and power of two -------------------------------------------------------------------
 
 

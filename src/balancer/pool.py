@@ -30,7 +30,8 @@ class Backend:
     """One backend server of a service, with its health, operator state and counters."""
 
     __slots__ = (
-        "active",
+        "_active",
+        "_others",
         "address",
         "bytes_in",
         "bytes_out",
@@ -41,7 +42,7 @@ class Backend:
         "key",
         "last_change",
         "max_connections",
-        "others",
+        "moved",
         "send_proxy",
         "slot",
         "state",
@@ -59,8 +60,11 @@ class Backend:
         self.effective_weight: float = weight
         self.health = health
         self.state = ENABLED
-        self.active = 0
-        self.others = 0  # open connections on other worker processes, as of the last pick
+        self._active = 0  # open connections in this process (`active`)
+        self._others = 0  # open connections on other worker processes, as of the last pick
+        # Told when either count changes: set by an algorithm that keeps backends ordered by
+        # load (least connections), so that it need not compare them all at every pick.
+        self.moved: Callable[[Backend], None] | None = None
         self.slot = -1  # its cell in the workers' shared memory, when there are workers
         self.max_connections = 0  # 0: no limit
         self.send_proxy: str | None = None
@@ -72,6 +76,29 @@ class Backend:
         self.transitions: dict[str, int] = {}
         self.stats = BackendStats()
         self.last_change = time.time()
+
+    @property
+    def active(self) -> int:
+        """Open connections in this process."""
+        return self._active
+
+    @active.setter
+    def active(self, count: int) -> None:
+        self._active = count
+        if self.moved is not None:
+            self.moved(self)
+
+    @property
+    def others(self) -> int:
+        """Open connections on the other worker processes, as last read."""
+        return self._others
+
+    @others.setter
+    def others(self, count: int) -> None:
+        if count != self._others:
+            self._others = count
+            if self.moved is not None:
+                self.moved(self)
 
     @property
     def eligible(self) -> bool:
@@ -124,6 +151,13 @@ class Pool:
         self.algorithm.update(eligible)
         for rebuilt in self.rebuild_listeners:
             rebuilt(self)
+
+    def replace_algorithm(self, algorithm: Algorithm) -> None:
+        """Choose with another algorithm from the next rebuild on; the old one is told of no
+        more changes."""
+        for backend in (*self.backends.values(), *self.leaving.values()):
+            backend.moved = None
+        self.algorithm = algorithm
 
     def by_key(self, key: str) -> Backend | None:
         return next((b for b in self.backends.values() if b.key == key), None)

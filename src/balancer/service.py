@@ -78,6 +78,28 @@ class PassiveHealth(Protocol):
 HealthFactory = Callable[["Service"], PassiveHealth]
 
 
+class OtherWorkers:
+    """The other workers' open connections on a service's eligible backends, read from shared
+    memory before each pick (for every backend if the algorithm weighs load, else for those
+    with a max_connections). Made again when the pool is rebuilt, which every change of the
+    eligible set, a slot or a max_connections is followed by."""
+
+    def __init__(self, service: Service, shared: SharedState) -> None:
+        self.eligible = service.pool.eligible
+        every = service.uses_load
+        self.backends = [b for b in self.eligible if b.slot >= 0 and (every or b.max_connections)]
+        self._read = shared.reader(service.worker_index, [b.slot for b in self.backends])
+        self.last = [b.others for b in self.backends]
+
+    def read(self) -> None:
+        counts = self._read()
+        if counts != self.last:  # (set only what changed: a change moves a backend's entry)
+            for backend, count, before in zip(self.backends, counts, self.last, strict=True):
+                if count != before:
+                    backend.others = count
+            self.last = counts
+
+
 class Service:
     def __init__(
         self,
@@ -126,6 +148,7 @@ class Service:
         self.shared: SharedState | None = None
         self.worker_index = 0
         self.uses_load = False
+        self._counts: OtherWorkers | None = None  # read before each pick, with workers
         self.accepted = 0
         self.stats = BackendStats()  # every connection of the service, with a backend or not
         # Discovered ports take traffic only once a check has found them listening.
@@ -144,18 +167,18 @@ class Service:
         self.shared = shared
         self.worker_index = worker
         self.uses_load = bool(getattr(self.pool.algorithm, "uses_load", False))
+        self._counts = None
         if hasattr(self.pool.algorithm, "cursor"):
             self.pool.algorithm.cursor = SharedCursor(shared, cursor)
 
     def candidates(self, client: str) -> Iterator[Backend]:
         """The backends to try, in order, with the other workers' connections counted where
         the algorithm weighs load or a backend has a max_connections."""
-        shared = self.shared
-        if shared is not None:
-            worker, every = self.worker_index, self.uses_load
-            for backend in self.pool.eligible:
-                if backend.slot >= 0 and (every or backend.max_connections):
-                    backend.others = shared.others(worker, backend.slot)
+        if self.shared is not None:
+            counts = self._counts
+            if counts is None or counts.eligible is not self.pool.eligible:
+                counts = self._counts = OtherWorkers(self, self.shared)
+            counts.read()
         return self.pool.candidates(client)
 
     def acquire(self, backend: Backend) -> None:
@@ -278,7 +301,7 @@ class Service:
                 self.server.close()  # stops accepting; open sessions are untouched
             self._serve_on(server)
         if config.algorithm != old.algorithm:
-            self.pool.algorithm = algorithms.create(config.algorithm)
+            self.pool.replace_algorithm(algorithms.create(config.algorithm))
         self.pool.panic = config.passive.panic
         wanted = self._wanted_backends(config)
         for address in [a for a in self.pool.backends if a not in wanted]:
