@@ -593,3 +593,57 @@ def test_backend_past_the_last_shared_memory_slot_is_logged_once(
         balancer.log.close()
     text = log_path.read_text()
     assert text.count("slots_exhausted") == 1 and "127.0.0.1:9003" in text
+
+
+# Loaded by every Python process of the balancer below (PYTHONPATH): a worker process waits
+# at interpreter start, before any of the balancer's code runs, until the test says go.
+HOLD_AT_START = """
+import os, time
+from pathlib import Path
+
+if b"balancer.workers" in Path("/proc/self/cmdline").read_bytes():
+    hold = Path(os.environ["BALANCER_TEST_HOLD"])
+    (hold / f"started-{os.getpid()}").touch()
+    deadline = time.monotonic() + 30
+    while not (hold / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+"""
+
+
+def test_sighup_to_a_worker_still_starting_kills_no_worker(tmp_path: Path) -> None:
+    # A SIGHUP to the group (a reload, a terminal hanging up) can come while a worker process
+    # is starting, before the worker's code has set SIGHUP aside: it starts with it blocked.
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(HOLD_AT_START)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hold), os.environ.get("PYTHONPATH")])),
+        "BALANCER_TEST_HOLD": str(hold),
+    }
+    cluster = Cluster(tmp_path)
+    try:
+        echo = cluster.backend("echo")
+        log = tmp_path / "lb.log"
+        args = ["run", "--workers", "2", "--listen", "127.0.0.1:0", f"--backend=127.0.0.1:{echo}"]
+        proc = Process(balancer_cmd(*args, "--log-file", str(log)), env=env)
+        cluster.processes.append(proc)
+        started: list[int] = []
+
+        def both_started() -> bool:
+            started[:] = [int(p.name.split("-")[1]) for p in hold.glob("started-*")]
+            return len(started) == 2
+
+        wait_until(both_started, what="two worker processes at interpreter start")
+        for pid in started:
+            os.kill(pid, signal.SIGHUP)
+        (hold / "go").touch()
+        port = int(proc.expect(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        assert sorted(worker_pids(log).values()) == sorted(started), "a worker was replaced"
+        assert all(running(pid) for pid in started)
+        assert exchange(port, b"hung up", half_close=True) == b"hung up"
+        proc.stop()
+        assert proc.proc.returncode == 0
+        assert "worker_died" not in read_log(log)
+    finally:
+        cluster.stop()

@@ -324,8 +324,10 @@ async def worker_main(fd: int, index: int) -> int:
 def run_worker(argv: list[str]) -> int:
     fd, index = int(argv[0]), int(argv[1])
     # SIGHUP (a reload, sent to the process group, or a terminal hanging up) is the
-    # supervisor's business: a worker ignores it rather than die of it.
+    # supervisor's business: a worker ignores it rather than die of it. The process started
+    # with it blocked (see Supervisor._spawn): one that came meanwhile is dropped here.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the loop's own handler is in place
     from balancer.loop import run_loop
 
@@ -374,6 +376,7 @@ class Supervisor:
         self.stopping = False
         self.stopped = asyncio.Event()  # set with `stopping`: wakes restarts waiting out a delay
         self.tasks: set[asyncio.Task[Any]] = set()
+        self._exec_lock = asyncio.Lock()
 
     @property
     def shared(self) -> SharedState:
@@ -532,20 +535,28 @@ class Supervisor:
         says anything else first, reap it and raise WorkerStartError."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        try:
-            worker.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "balancer.workers",
-                str(theirs.fileno()),
-                str(worker.index),
-                pass_fds=[theirs.fileno()],
-            )
-        except OSError as exc:
-            ours.close()
-            raise WorkerStartError(f"cannot start a process: {exc}") from None
-        finally:
-            theirs.close()
+        # A SIGHUP to the process group (a reload, a terminal hanging up) that reached the new
+        # process before the worker's code ignores it would kill it: it starts with SIGHUP
+        # blocked, a mask kept across exec. (Here it only waits: the reload follows at once.
+        # The lock: spawns that overlapped would put back each other's masks. uvloop's spawn
+        # clears the mask in the child: with BALANCER_LOOP=uvloop the window stays.)
+        async with self._exec_lock:
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+            try:
+                worker.process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "balancer.workers",
+                    str(theirs.fileno()),
+                    str(worker.index),
+                    pass_fds=[theirs.fileno()],
+                )
+            except OSError as exc:
+                ours.close()
+                raise WorkerStartError(f"cannot start a process: {exc}") from None
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                theirs.close()
         process = worker.process
         worker.started = loop.time()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
