@@ -112,7 +112,7 @@ class Process:
             self.proc.send_signal(sig)
 
     def wait(self, timeout: float = DEADLINE) -> int:
-        return self.proc.wait(timeout=timeout)
+        return int(self.proc.wait(timeout=timeout))
 
     def stop(self) -> None:
         if self.proc.poll() is None:

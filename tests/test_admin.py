@@ -10,6 +10,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,8 +270,9 @@ def test_status_command_and_openapi(cluster: Cluster) -> None:
 
 
 def write_services(
-    cluster: Cluster, path, ports: tuple[int, int], web: list[int], other: list[int], admin: int
-) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster, path: Path, ports: tuple[int, int], web: list[int], other: list[int],
+    admin: int,
+) -> None:
     def backends(items: list[int]) -> str:
         return ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in items)
 

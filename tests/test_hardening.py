@@ -224,7 +224,7 @@ def test_misbehaving_peers_end_with_the_right_reason(cluster: Cluster) -> None:
     )
     cluster.balancer("--config", str(path))
     log = cluster.tmp / "lb.log"
-    results: dict[str, object] = {}
+    results: dict[str, tuple[str, str]] = {}
 
     def transfer() -> None:
         results["echo"] = echo_transfer(echo_port, 16 * MIB, 7)
@@ -267,8 +267,8 @@ def test_misbehaving_peers_end_with_the_right_reason(cluster: Cluster) -> None:
     finally:
         parallel.join(timeout=120)
         scripted.close()
-    sent, got = results["echo"]  # type: ignore[misc]
-    assert sent == got
+    sent_sha, echoed_sha = results["echo"]
+    assert sent_sha == echoed_sha
 
 
 def test_timeout_ends_a_connection_whose_client_stopped_reading(cluster: Cluster) -> None:

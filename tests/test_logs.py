@@ -8,7 +8,10 @@ from balancer.logs import AccessRecord, EventLog, access_fields
 def test_access_line_matches_the_generic_form() -> None:
     log = EventLog(None)
     written: list[str] = []
-    log._write = lambda line, flush: written.append(line)  # type: ignore[method-assign]
+    def write(line: str, *, flush: bool) -> None:
+        written.append(line)
+
+    log._write = write  # type: ignore[method-assign]
     for record in (
         AccessRecord("web", "127.0.0.1:5555", "127.0.0.1:8080", 0.1234, 12.34567, 10, 20, 0,
                      "client_closed"),

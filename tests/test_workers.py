@@ -147,7 +147,7 @@ def test_killed_worker_is_replaced_and_others_keep_their_connections(cluster: Cl
         for m in re.finditer(r"worker (\d) started, pid (\d+)", read_log(log))
     }
     assert sorted(pids) == [0, 1]
-    held = []
+    held: list[socket.socket] = []
     try:
         opened = 0
         while len(held) < 20:
