@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,54 @@ def test_floor_relays_both_ways_with_backpressure(which: str, tmp_path: Path) ->
         assert floor.proc.poll() is None
     finally:
         cluster.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("which", ["python", "c"])
+def test_floor_closes_a_paused_side_that_is_reset(which: str, tmp_path: Path) -> None:
+    # A client whose backend stopped reading is paused (not watched for input); epoll still
+    # reports its reset, level-triggered, whatever the mask. The relay must close the pair on
+    # it rather than be woken for it again and again (it once spun at a full core here).
+    command = floor_command(which, tmp_path)
+    cluster = Cluster(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as backend:
+        backend.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (inherited on accept)
+        floor = Process([*command, "0", str(backend.getsockname()[1])])
+        cluster.processes.append(floor)
+        try:
+            port = int(floor.expect(r"floor listening on 127\.0\.0\.1:(\d+)").group(1))
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            backend.settimeout(10)
+            upstream, _ = backend.accept()
+            with upstream:
+                upstream.settimeout(10)
+                # Fill the backend's socket, then the relay's, then the client's: once a send
+                # has waited a whole second, the relay holds bytes and reads the client no more.
+                client.settimeout(1)
+                sent = 0
+                with pytest.raises(TimeoutError):
+                    while sent < 256 * MIB:
+                        sent += client.send(b"x" * 65536)
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # reset
+
+                # Idle now, it should use next to no CPU over a second (a spin uses all of it).
+                before = cpu_seconds(floor.proc.pid)
+                time.sleep(1)
+                used = cpu_seconds(floor.proc.pid) - before
+                assert used < 0.5, f"the relay used {used:.2f} s of CPU in 1 s while idle"
+
+                # What it held for the backend still comes through, then its EOF.
+                received = 0
+                while chunk := upstream.recv(MIB):
+                    received += len(chunk)
+                assert 0 < received <= sent
+        finally:
+            cluster.stop()

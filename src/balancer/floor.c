@@ -264,6 +264,8 @@ int main(int argc, char **argv) {
             side = by_fd[fd];
             if (side != NULL && side->reading && (what & ~(uint32_t)EPOLLOUT))
                 relay_read(side);
+            else if (side != NULL && !side->pending && (what & (EPOLLHUP | EPOLLERR)))
+                close_pair(side); /* (a paused side reset: epoll reports it whatever the mask) */
         }
     }
 }

@@ -22,6 +22,7 @@ HOST = "127.0.0.1"
 _BUFFER = bytearray(1024 * 1024)
 _VIEW = memoryview(_BUFFER)
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_GONE = select.EPOLLHUP | select.EPOLLERR
 
 
 class Side:
@@ -57,8 +58,12 @@ class Relay:
                 if side is not None and events & (_OUT | select.EPOLLERR) and side.pending:
                     self.flush(side)
                 side = sides.get(fd)
-                if side is not None and side.reading and events & ~_OUT:
+                if side is None:
+                    continue
+                if side.reading and events & ~_OUT:
                     self.read(side)
+                elif not side.pending and events & _GONE:
+                    self.close(side)  # (a paused side reset: epoll reports it whatever the mask)
 
     def accept(self) -> None:
         while True:
