@@ -112,6 +112,19 @@ def test_add_drain_remove_through_the_api(cluster: Cluster) -> None:
     counts = Counter(served_by(exchange(port)) for _ in range(8))
     assert counts == {b: 6, c: 2}
 
+    # Added in drain: out of rotation from the start, and one event that says so.
+    d = cluster.backend()
+    status, body = call(
+        admin,
+        "POST",
+        "/api/backends",
+        {"service": "default", "address": f"127.0.0.1:{d}", "state": "drain"},
+    )
+    assert status == 201 and body["state"] == "drain" and not body["eligible"]
+    assert d not in {served_by(exchange(port)) for _ in range(8)}
+    line = wait_for_log(log, rf"event \w+ .*backend=127\.0\.0\.1:{d} .*").group(0)
+    assert "event added" in line and "drain" in line, line  # (the first of its events)
+
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "message"),
@@ -180,6 +193,10 @@ def test_bad_patch_changes_nothing_and_duplicates_conflict(cluster: Cluster) -> 
     assert status == 400 and "state must be one of" in body["error"]
     status, body = call(admin, "PATCH", path, raw=b"{not json")
     assert status == 400 and "not valid JSON" in body["error"]
+    # Valid JSON that Python will not read: a 5,000-digit number, arrays 30,000 deep.
+    for raw in (b'{"weight": ' + b"9" * 5000 + b"}", b"[" * 30000 + b"]" * 30000):
+        status, body = call(admin, "PATCH", path, raw=raw)
+        assert status == 400 and "not valid JSON" in body["error"], (status, body)
     assert call(admin, "GET", "/api/backends")[1][0]["weight"] == 1
     status, body = call(
         admin, "POST", "/api/backends", {"service": "default", "address": f"127.0.0.1:{backend}"}

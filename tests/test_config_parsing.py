@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 import tomllib
 from pathlib import Path
 
@@ -66,7 +67,11 @@ def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["5 minutes", "-1s", "", "s", True, None, "1d"])
+@pytest.mark.parametrize(
+    "bad",
+    ["5 minutes", "-1s", "", "s", True, None, "1d", float("inf"), float("nan"), 1e12,
+     "1" + "0" * 400 + "s", "2147484s"],
+)
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
@@ -149,11 +154,51 @@ def test_health_check_host_cannot_inject_header_lines() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(data)
     assert caught.value.errors == [
-        "services[0].health_check.host: expected a host name without spaces or control "
-        "characters, got 'example.com\\r\\nX-Injected: 1'"
+        "services[0].health_check.host: expected a host name in ASCII (IDNA for others) "
+        "without spaces or control characters, got 'example.com\\r\\nX-Injected: 1'"
     ]
     data["services"][0]["health_check"]["host"] = ""  # (the backend's own address)
     assert parse_config(data).services[0].health_check.host is None
+
+
+def test_values_toml_allows_but_no_setting_can_use(tmp_path: Path) -> None:
+    # Each once passed the check and failed later: a traceback, every connection refused, or
+    # health checks that stopped without a word. Now each is named where it is.
+    (tmp_path / "needs_args.py").write_text(
+        "class Picker:\n"
+        "    def __init__(self, seed):\n        self.seed = seed\n"
+        "    def update(self, backends):\n        pass\n"
+        "    def candidates(self, client):\n        return iter(())\n"
+    )
+    data = tomllib.loads(FULL)
+    web, cache = data["services"][0], data["services"][1]
+    web["timeouts"]["idle"] = float("inf")
+    web["client_rate"] = float("nan")
+    web["health_check"]["path"] = "/\u20ac"
+    web["health_check"]["host"] = "b\u00fccher.example"
+    cache["health_check"]["expect"] = "a{4294967296}"
+    cache["algorithm"] = "needs_args.Picker"
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ConfigError) as caught:
+            parse_config(data)
+    finally:
+        sys.path.remove(str(tmp_path))
+    errors = caught.value.errors
+    expected = [
+        "services[0].timeouts.idle: duration must be at most 2147483647ms (about 24.8 days), "
+        "got inf",
+        "services[0].client_rate: expected a number from 0 to 10000000, got nan",
+        "services[0].health_check.path: expected a path starting with /, in ASCII",
+        "services[0].health_check.host: expected a host name in ASCII",
+        "services[1].health_check.expect: not a valid regular expression: the repetition "
+        "number is too large",
+        "services[1].algorithm: algorithm 'needs_args.Picker' cannot be made (it is called "
+        "with no arguments): TypeError",
+    ]
+    for line in expected:
+        assert any(e.startswith(line) for e in errors), (line, errors)
+    assert len(errors) == len(expected), errors  # (no follow-on "expect: required")
 
 
 def test_duplicates() -> None:

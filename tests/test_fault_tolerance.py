@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import (
     Cluster,
     Process,
@@ -20,7 +21,7 @@ from conftest import (
     wait_for_log,
     wait_until,
 )
-from test_admin import call
+from test_admin import call, start
 
 
 def write_config(cluster: Cluster, backends: list[int], extra: str = "", health: str = "") -> Path:
@@ -353,3 +354,45 @@ def test_slow_start_takes_its_whole_time_and_panic_says_why_it_ends(cluster: Clu
     assert status == 200
     ended = wait_for_log(log, r"event panic_over service=lost .*").group(0)
     assert ended.endswith("panic over: no backend is enabled"), ended
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("change", ["drain", "remove"])
+def test_retry_skips_a_backend_taken_out_while_connecting(cluster: Cluster, change: str) -> None:
+    # A client waits on a connect that hangs; meanwhile the operator drains or removes the
+    # backend its retry would have gone to next. The retry goes to one still in rotation.
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(0)
+    hang_port = hanging.getsockname()[1]
+    filler = socket.socket()
+    filler.setblocking(False)
+    filler.connect_ex(("127.0.0.1", hang_port))  # (the accept queue is full: SYNs are dropped)
+    taken, kept = cluster.backend(), cluster.backend()
+    try:
+        port, admin = start(
+            cluster, [hang_port, taken, kept], "--connect-timeout", "2s", "--no-health-check"
+        )
+
+        def active(backend_port: int) -> int:
+            address = f"127.0.0.1:{backend_port}"
+            backends = call(admin, "GET", "/api/backends")[1]
+            return int(next(b["active"] for b in backends if b["address"] == address))
+
+        answer: list[bytes] = []
+        client = threading.Thread(target=lambda: answer.append(exchange(port)), daemon=True)
+        client.start()  # round robin: the first pick is the first backend, the hanging one
+        wait_until(lambda: active(hang_port) == 1, timeout=10, what="a connect to the hanging one")
+        path = f"/api/backends/default/127.0.0.1:{taken}"
+        if change == "drain":
+            status, _ = call(admin, "PATCH", path, {"state": "drain"})
+        else:
+            status, _ = call(admin, "DELETE", path)
+        assert status == 200
+        client.join(timeout=20)
+        assert answer and served_by(answer[0]) == kept, answer
+        line = wait_for_log(cluster.tmp / "lb.log", r"access .*retries=1 .*").group(0)
+        assert f"backend=127.0.0.1:{kept} " in line, line
+    finally:
+        filler.close()
+        hanging.close()

@@ -304,6 +304,10 @@ def test_reload_gives_back_a_removed_services_port(cluster: Cluster) -> None:
     wait_for_log(cluster.tmp / "lb.log", r"event reload .*SIGHUP")
     wait_until(lambda: bindable(dropped), what=f"port {dropped} free after the reload")
     assert served_by(exchange(kept)) == hello
+    # Each removal is one event, the supervisor's, however many workers applied it.
+    text = read_log(cluster.tmp / "lb.log")
+    for name in ("a", "b"):
+        assert text.count(f"service {name} removed by reload") == 1, text
 
 
 def test_replacement_that_fails_to_start_is_retried_and_logged(cluster: Cluster) -> None:

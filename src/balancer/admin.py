@@ -414,9 +414,11 @@ class Admin:
 
     async def _body(self, request: web.Request, allowed: set[str]) -> dict[str, Any]:
         raw = await request.read()
+        # (ValueError: bad JSON or UTF-8, or a number of more than 4,300 digits; RecursionError:
+        # arrays nested some thousands deep)
         try:
             body = json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object")

@@ -262,7 +262,10 @@ class Balancer:
                 servers[name] = self.services[name].claim(listener)
         for name in [n for n in self.services if n not in wanted]:
             retiring = self.services.pop(name)
-            self.log.event("removed", f"service {name} removed by reload, draining", service=name)
+            if self.worker is None:  # (the supervisor says it for every worker)
+                self.log.event(
+                    "removed", f"service {name} removed by reload, draining", service=name
+                )
             task = asyncio.get_running_loop().create_task(self._retire(retiring))
             self.retired.add(task)
             task.add_done_callback(self.retired.discard)

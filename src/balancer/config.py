@@ -80,6 +80,7 @@ def _valid_host(host: str) -> bool:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+MAX_DURATION = (2**31 - 1) / 1000  # seconds: HAProxy's limit, 2^31-1 ms (about 24.8 days)
 
 
 def parse_duration(value: object) -> float:
@@ -94,6 +95,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"expected a duration such as 500ms, 3s or 5m, got {value!r}")
     if seconds < 0:
         raise ValueError(f"duration must not be negative, got {value!r}")
+    if not seconds <= MAX_DURATION:  # (also NaN)
+        raise ValueError(f"duration must be at most 2147483647ms (about 24.8 days), got {value!r}")
     return seconds
 
 
@@ -321,11 +324,11 @@ def _positive_duration(value: object) -> float:
 
 def check_algorithm(name: object) -> str:
     """An algorithm's registered name, or a dotted path that imports."""
-    from balancer.algorithms import resolve
+    from balancer.algorithms import create
 
     if not isinstance(name, str):
         raise TypeError(f"expected an algorithm name, got {name!r}")
-    resolve(name)
+    create(name)  # (made once here, so that one that cannot be made is a config error)
     return name
 
 
@@ -400,7 +403,7 @@ def _networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Netw
 def _limits(table: _Table) -> Limits:
     """Limit keys, read from the service table itself."""
     d = Limits()
-    rate = table.get("client_rate", d.client_rate, _non_negative_number)
+    rate = table.get("client_rate", d.client_rate, _rate)
     return Limits(
         max_connections=table.get("max_connections", d.max_connections, _int_in(0, 10_000_000)),
         queue_size=table.get("queue_size", d.queue_size, _int_in(0, 10_000_000)),
@@ -415,9 +418,13 @@ def _limits(table: _Table) -> Limits:
     )
 
 
-def _non_negative_number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"expected a number of at least 0, got {value!r}")
+def _rate(value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= 10_000_000  # (also NaN)
+    ):
+        raise ValueError(f"expected a number from 0 to 10000000, got {value!r}")
     return float(value)
 
 
@@ -425,23 +432,29 @@ def _regex(value: object) -> str:
     text = _string(value)
     try:
         re.compile(text.encode())
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # (a{4294967296}; deep nesting)
         raise ValueError(f"not a valid regular expression: {exc}, in {text!r}") from None
     return text
 
 
 def _http_path(value: object) -> str:
     text = _string(value)
-    if not text.startswith("/") or any(c in text for c in " \r\n"):
-        raise ValueError(f"expected a path starting with / and without spaces, got {text!r}")
+    if not text.startswith("/") or not text.isascii() or any(c in text for c in " \r\n"):
+        raise ValueError(
+            "expected a path starting with /, in ASCII (percent-encode other characters) and "
+            f"without spaces, got {text!r}"
+        )
     return text
 
 
 def _http_host(value: object) -> str | None:
     """The Host header of an http check; empty: the backend's address."""
     text = _string(value)
-    if any(c.isspace() or not c.isprintable() for c in text):
-        raise ValueError(f"expected a host name without spaces or control characters, got {text!r}")
+    if not text.isascii() or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(
+            "expected a host name in ASCII (IDNA for others) without spaces or control "
+            f"characters, got {text!r}"
+        )
     return text or None
 
 
@@ -462,7 +475,8 @@ def _health(value: object, path: str, errors: list[str]) -> HealthCheckConfig:
         expect=table.get("expect", defaults.expect, _regex),
     )
     table.finish()
-    if result.type == "send_expect" and not result.expect:
+    reported = any(e.startswith(f"{path}.expect:") for e in errors)  # (an invalid one)
+    if result.type == "send_expect" and not result.expect and not reported:
         errors.append(f'{path}.expect: required for type = "send_expect"')
     if "timeout" not in table.data and result.timeout > result.interval:
         result = replace(result, timeout=result.interval)  # a short interval bounds the default

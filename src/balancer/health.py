@@ -210,7 +210,14 @@ class Health:
         interval = self.check.interval
         await asyncio.sleep(random.uniform(0, min(interval, 0.2)))
         while True:
-            self.record(backend, await probe(backend, self.check))
+            try:
+                error = await probe(backend, self.check)
+            except Exception as exc:  # (a defect of ours, not the backend's: say so, go on)
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"health check of {backend.key} failed", "exception": exc}
+                )
+                error = SKIPPED
+            self.record(backend, error)
             await asyncio.sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))
 
     def record(self, backend: Backend, error: str | None) -> None:

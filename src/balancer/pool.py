@@ -167,11 +167,20 @@ class Pool:
         return self.algorithm.candidates(client)
 
     def add(
-        self, address: Address, weight: int = 1, *, health: str = UP, quiet: bool = False
+        self,
+        address: Address,
+        weight: int = 1,
+        *,
+        health: str = UP,
+        state: str = ENABLED,
+        quiet: bool = False,
     ) -> Backend:
         if address in self.backends:
             raise KeyError(f"backend {address} already exists in service {self.name!r}")
+        if state not in ADMIN_STATES:
+            raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
         backend = self.put(address, weight, health)
+        backend.state = state  # (before the rebuild: one added in drain is never eligible)
         self.rebuild()
         if not quiet:
             self.announce_added(backend)

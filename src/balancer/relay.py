@@ -369,6 +369,8 @@ class Session(asyncio.Protocol):
         for backend in self.candidates:
             if self.attempts == attempts:
                 break
+            if (self.attempts or self.full) and backend not in service.pool.eligible:
+                continue  # (drained, removed or down since the list was made)
             limit = backend.max_connections
             if limit and (
                 backend.active + backend.others >= limit

@@ -575,10 +575,8 @@ class Service:
     def add_backend(
         self, address: Address, weight: int, *, reason: str, state: str = ENABLED
     ) -> Backend:
-        backend = self.pool.add(address, weight, quiet=True)
-        if state != ENABLED:
-            self.pool.set_state(backend, state, reason)
-        self.pool.announce_added(backend, reason)
+        backend = self.pool.add(address, weight, state=state, quiet=True)
+        self.pool.announce_added(backend, reason)  # (its state is in the line)
         self.health.sync()
         return backend
 

@@ -52,7 +52,7 @@ def resolve(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}: expected one of {known}, or a dotted path")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # (ImportError, or whatever the module raised as it ran)
         raise ValueError(
             f"cannot import module {module_name!r} for algorithm {name!r}: {exc}"
         ) from None
@@ -65,7 +65,15 @@ def resolve(name: str) -> type[Algorithm]:
 
 
 def create(name: str) -> Algorithm:
-    return resolve(name)()
+    """A new instance; ValueError if the class cannot be made without arguments."""
+    cls = resolve(name)
+    try:
+        return cls()
+    except Exception as exc:
+        raise ValueError(
+            f"algorithm {name!r} cannot be made (it is called with no arguments): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
 
 
 __all__ = ["REGISTRY", "Algorithm", "create", "resolve"]
