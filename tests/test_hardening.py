@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import (
     Cluster,
     Process,
@@ -207,6 +208,14 @@ class ScriptedBackend:
                 while conn.recv(65536):
                     pass
                 self.done.wait(60)
+            elif command == b"N":  # read nothing more, and hold the connection until the end
+                self.done.wait(60)
+            elif command == b"F":  # send until the client's side is full for a second, reset
+                conn.settimeout(1)
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        conn.send(b"f" * 65536)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     def close(self) -> None:
         self.done.set()
@@ -300,6 +309,62 @@ def test_timeout_ends_a_connection_whose_client_stopped_reading(cluster: Cluster
                         except ConnectionResetError:
                             ended = True
             assert ended, "the client's connection is still open"
+    finally:
+        scripted.close()
+
+
+def test_reset_from_a_peer_no_longer_read_ends_the_connection_at_once(cluster: Cluster) -> None:
+    # Backpressure stops the balancer reading one side; that side's peer then resets. The
+    # connection ends with the reset, not at the idle timeout (a minute here) or whenever the
+    # other side moves again.
+    scripted = ScriptedBackend()
+    port = free_port()
+    extra = '[services.health_check]\nenabled = false\n[services.timeouts]\nidle = "60s"'
+    cluster.balancer(
+        "--config", str(config(cluster, service("held", port, [scripted.port], extra)))
+    )
+    log = cluster.tmp / "lb.log"
+    try:
+        # The client sends to a backend that reads nothing, until its own sends wait a whole
+        # second (the balancer has stopped reading it), then resets.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"N")
+            s.settimeout(1)
+            with pytest.raises(TimeoutError):
+                for _ in range(4096):  # (256 MiB at most)
+                    s.sendall(b"x" * 65536)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_for_log(log, r"service=held .*termination=client_reset", timeout=20)
+
+        # The backend sends to a client that reads nothing, until its sends wait a second,
+        # then resets.
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"F")
+            wait_for_log(log, r"service=held .*termination=backend_reset", timeout=20)
+    finally:
+        scripted.close()
+
+
+def test_backend_that_closes_then_resets_counts_one_failure(cluster: Cluster) -> None:
+    # It takes the request and closes without an answer; the client's next bytes meet a
+    # reset. One connection, one failure: with max_fails = 2, the backend stays in.
+    scripted = ScriptedBackend()
+    port, admin = free_port(), free_port()
+    extra = "max_fails = 2\n[services.health_check]\nenabled = false"
+    cluster.balancer(
+        "--config", str(config(cluster, service("once", port, [scripted.port], extra), admin))
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"C")
+            assert s.recv(100) == b""  # (its close, passed on)
+            s.sendall(b"more")  # (to a socket the backend has closed: it resets)
+            wait_for_log(cluster.tmp / "lb.log", r"service=once .*termination=backend_reset")
+        (backend,) = call(admin, "GET", "/api/backends?service=once")[1]
+        assert backend["failures"] == 1 and backend["health"] == "up", backend
     finally:
         scripted.close()
 

@@ -13,8 +13,19 @@ import socket
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from conftest import Cluster, exchange, free_port, read_log, served_by, wait_for_log, wait_until
+from conftest import (
+    Cluster,
+    Process,
+    balancer_cmd,
+    exchange,
+    free_port,
+    read_log,
+    served_by,
+    wait_for_log,
+    wait_until,
+)
 
 MIB = 1024 * 1024
 
@@ -293,3 +304,47 @@ def test_error_names_tell_a_connect_timeout_from_a_dropped_connection() -> None:
         errno.ECONNRESET
     ).lower()
     assert describe_error(None) == "closed"
+
+
+FLAKY_ALGORITHM = """
+class Flaky:
+    # Round robin, but every second choice raises (as a user's algorithm with a bug might).
+    def __init__(self):
+        self.backends, self.calls = [], 0
+    def update(self, backends):
+        self.backends = list(backends)
+    def candidates(self, client):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise RuntimeError(f"choice {self.calls} went wrong")
+        yield from self.backends
+"""
+
+
+def test_algorithm_that_raises_refuses_that_client_and_serves_the_next(tmp_path: Path) -> None:
+    (tmp_path / "flaky.py").write_text(FLAKY_ALGORITHM)
+    paths = [str(tmp_path), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    cluster = Cluster(tmp_path)
+    try:
+        hello = cluster.backend()
+        log = tmp_path / "lb.log"
+        args = ["run", "--listen", "127.0.0.1:0", f"--backend=127.0.0.1:{hello}"]
+        args += ["--algorithm", "flaky.Flaky", "--no-health-check", "--log-file", str(log)]
+        proc = Process(balancer_cmd(*args), env=env)
+        cluster.processes.append(proc)
+        port = int(proc.expect(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        answers = [exchange(port) for _ in range(4)]
+        assert [served_by(a) for a in answers[::2]] == [hello, hello]
+        assert answers[1::2] == [b"", b""]  # (refused as when no backend is left)
+        wait_for_log(log, r"access .*backend=- .*termination=no_backend")
+        text = read_log(log)
+        assert text.count("event algorithm_failed") == 2, text
+        assert "RuntimeError: choice 4 went wrong" in text
+        assert text.count("Traceback") == 1  # (the first time only)
+        # Nothing is left waiting: SIGTERM finds no connection open and exits at once.
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert "stopping, 0 connections open" in read_log(log)
+    finally:
+        cluster.stop()

@@ -363,11 +363,20 @@ class Session(asyncio.Protocol):
         slot from them: it joins the queue behind them (first come, first served, as HAProxy).
         """
         service = self.service
-        if self.candidates is None:
-            self.candidates = service.candidates(self.client_ip)
         attempts = service.config.retries + 1
-        for backend in self.candidates:
-            if self.attempts == attempts:
+        while self.attempts < attempts:
+            try:
+                if self.candidates is None:
+                    self.candidates = iter(service.candidates(self.client_ip))
+                backend = next(self.candidates, None)
+            except Exception as exc:  # (a plug-in algorithm's defect)
+                self.candidates = None
+                self.connecting = False
+                service.algorithm_failed(self, exc)
+                tried = self.attempts
+                self._refuse(Termination.CONNECT_FAILED if tried else Termination.NO_BACKEND)
+                return
+            if backend is None:
                 break
             if (self.attempts or self.full) and backend not in service.pool.eligible:
                 continue  # (drained, removed or down since the list was made)
@@ -571,6 +580,8 @@ class Session(asyncio.Protocol):
         """Retry elsewhere when the backend failed before anything was lost; True if so."""
         if upstream is not self.upstream:
             return True  # an earlier, already abandoned backend connection
+        if upstream.blamed:
+            return False  # (its EOF was, and now its reset: one failure, not two)
         unanswered = not self.answered and (exc is not None or not self.client_eof)
         if not unanswered or not self.client_open:
             return False  # (a client that left first is no fault of the backend's)
@@ -582,6 +593,7 @@ class Session(asyncio.Protocol):
         ):
             return False  # a client that sent nothing, closed by the backend's idle timeout
         self.last_error = f"{describe_error(exc)} before answering"
+        upstream.blamed = True
         service.backend_failed(upstream.backend, describe_error(exc))
         if self.termination is not None and self.termination is not Termination.CLIENT_CLOSED:
             return False  # (ending already; a client's half-close is no reason not to retry)
@@ -735,11 +747,12 @@ class Session(asyncio.Protocol):
 class Upstream(asyncio.Protocol):
     """The backend side of a session."""
 
-    __slots__ = ("backend", "session")
+    __slots__ = ("backend", "blamed", "session")
 
     def __init__(self, session: Session, backend: Backend) -> None:
         self.session = session
         self.backend = backend
+        self.blamed = False  # counted as a failure of its backend's (once per connection)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.session.upstream_made(self, cast(Stream, transport))

@@ -118,6 +118,7 @@ class Service:
         self.budget.services.append(self)
         algorithm = algorithms.create(config.algorithm)
         self.pool = Pool(config.name, algorithm, panic=config.passive.panic)
+        self.algorithm_failures = 0  # times it raised instead of choosing
         if not worker:
             self.pool.listeners.append(self._state_changed)
             self.pool.panic_listeners.append(self._panic_changed)
@@ -360,6 +361,21 @@ class Service:
 
     def backend_answered(self, backend: Backend) -> None:
         self.health.passive_success(backend)
+
+    def algorithm_failed(self, session: Session, exc: Exception) -> None:
+        """The algorithm raised instead of naming backends: the client is refused as if none
+        were left, and each time is logged (the first with its traceback)."""
+        self.algorithm_failures += 1
+        if self.algorithm_failures == 1:
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": f"algorithm {self.config.algorithm} failed", "exception": exc}
+            )
+        self.log.event(
+            "algorithm_failed",
+            f"algorithm {self.config.algorithm} failed choosing for {session.peer}: "
+            f"{type(exc).__name__}: {exc}",
+            service=self.name,
+        )
 
     def log_no_backend(self, session: Session, error: str) -> None:
         self.log.event(

@@ -66,11 +66,9 @@ class Poller:
         fd = stream.fd
         events = (_READ if read else 0) | (_WRITE if write else 0)
         if fd in self.streams:
-            if events:
-                self.epoll.modify(fd, events)
-            else:
-                del self.streams[fd]
-                self.epoll.unregister(fd)
+            # (Watched for nothing, a stream paused or past its peer's EOF stays in the set:
+            # epoll still reports its reset, as for a guarded one.)
+            self.epoll.modify(fd, events)
         elif events:
             self.epoll.register(fd, events)
             self.streams[fd] = stream
@@ -80,6 +78,12 @@ class Poller:
         if stream.fd not in self.streams:
             self.epoll.register(stream.fd, 0)
             self.streams[stream.fd] = stream
+
+    def unwatch(self, stream: Stream) -> None:
+        """Out of the set until it is watched again."""
+        if self.streams.get(stream.fd) is stream:
+            del self.streams[stream.fd]
+            self.epoll.unregister(stream.fd)
 
     def forget(self, stream: Stream) -> None:
         """The stream's socket is about to be closed, which unregisters it."""
@@ -274,9 +278,15 @@ class Stream(asyncio.Transport):
             self.poller.guard(self)
 
     def _trouble(self) -> None:
+        """A stream watched for nothing has an error or a hang-up."""
         error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        # (a reset leaves its error; a hang-up without one means both directions are shut)
-        self._force_close(OSError(error, os.strerror(error)) if error else None)
+        if error:  # (a reset)
+            self._force_close(OSError(error, os.strerror(error)))
+        else:
+            # Both directions are shut (the peer's EOF and ours), but what the peer sent may
+            # still wait to be read: out of the set, else the hang-up would wake us every
+            # turn, until reading resumes and finds it.
+            self.poller.unwatch(self)
 
     def _handler_failed(self, exc: Exception) -> None:
         """A handler raised: report it and close this connection (as asyncio's transports
