@@ -66,9 +66,15 @@ class Poller:
         fd = stream.fd
         events = (_READ if read else 0) | (_WRITE if write else 0)
         if fd in self.streams:
-            # (Watched for nothing, a stream paused or past its peer's EOF stays in the set:
-            # epoll still reports its reset, as for a guarded one.)
-            self.epoll.modify(fd, events)
+            if events or stream.eof_in:
+                # (Past its peer's EOF nothing is left to read: watched for nothing, it stays
+                # in the set, where epoll still reports a reset at once.)
+                self.epoll.modify(fd, events)
+            else:
+                # Paused (backpressure): out of the set. Bytes may wait unread before a reset,
+                # which reading finds when it resumes, after them.
+                del self.streams[fd]
+                self.epoll.unregister(fd)
         elif events:
             self.epoll.register(fd, events)
             self.streams[fd] = stream
