@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, Cluster, Process, exchange, require_tool
 
-from balancer.bench import build_cfloor
+from balancer.bench import build_cfloor, tree_cpu_seconds
 
 MIB = 1024 * 1024
 
@@ -68,13 +68,6 @@ def test_floor_relays_both_ways_with_backpressure(which: str, tmp_path: Path) ->
         cluster.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time the process has used so far, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("which", ["python", "c"])
 def test_floor_closes_a_paused_side_that_is_reset(which: str, tmp_path: Path) -> None:
@@ -105,9 +98,9 @@ def test_floor_closes_a_paused_side_that_is_reset(which: str, tmp_path: Path) ->
                 client.close()  # reset
 
                 # Idle now, it should use next to no CPU over a second (a spin uses all of it).
-                before = cpu_seconds(floor.proc.pid)
+                before = sum(tree_cpu_seconds(floor.proc.pid))
                 time.sleep(1)
-                used = cpu_seconds(floor.proc.pid) - before
+                used = sum(tree_cpu_seconds(floor.proc.pid)) - before
                 assert used < 0.5, f"the relay used {used:.2f} s of CPU in 1 s while idle"
 
                 # What it held for the backend still comes through, then its EOF.

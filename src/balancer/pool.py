@@ -110,6 +110,11 @@ class Backend:
         )
 
 
+def check_state(state: str) -> None:
+    if state not in ADMIN_STATES:
+        raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
+
+
 # Called as listener(event, backend, message), e.g. ("down", b, "connection refused").
 Listener = Callable[[str, Backend, str], None]
 
@@ -177,8 +182,7 @@ class Pool:
     ) -> Backend:
         if address in self.backends:
             raise KeyError(f"backend {address} already exists in service {self.name!r}")
-        if state not in ADMIN_STATES:
-            raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
+        check_state(state)
         backend = self.put(address, weight, health)
         backend.state = state  # (before the rebuild: one added in drain is never eligible)
         self.rebuild()
@@ -229,8 +233,7 @@ class Pool:
         self._emit(health, backend, reason)
 
     def set_state(self, backend: Backend, state: str, reason: str = "operator") -> None:
-        if state not in ADMIN_STATES:
-            raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
+        check_state(state)
         if backend.state == state:
             return
         backend.state = state

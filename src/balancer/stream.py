@@ -73,8 +73,7 @@ class Poller:
             else:
                 # Paused (backpressure): out of the set. Bytes may wait unread before a reset,
                 # which reading finds when it resumes, after them.
-                del self.streams[fd]
-                self.epoll.unregister(fd)
+                self.unwatch(stream)
         elif events:
             self.epoll.register(fd, events)
             self.streams[fd] = stream
@@ -289,9 +288,8 @@ class Stream(asyncio.Transport):
         if error:  # (a reset)
             self._force_close(OSError(error, os.strerror(error)))
         else:
-            # Both directions are shut (the peer's EOF and ours), but what the peer sent may
-            # still wait to be read: out of the set, else the hang-up would wake us every
-            # turn, until reading resumes and finds it.
+            # Both directions are shut (the peer's EOF and ours): nothing more can come. Out
+            # of the set, else the hang-up would wake us every turn; the session ends it.
             self.poller.unwatch(self)
 
     def _handler_failed(self, exc: Exception) -> None:
