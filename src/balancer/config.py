@@ -323,7 +323,8 @@ def _positive_duration(value: object) -> float:
 
 
 def check_algorithm(name: object) -> str:
-    """An algorithm's registered name, or a dotted path that imports."""
+    """An algorithm's registered name, or a dotted path to a class that imports and can be
+    made with no arguments."""
     from balancer.algorithms import create
 
     if not isinstance(name, str):
@@ -475,8 +476,11 @@ def _health(value: object, path: str, errors: list[str]) -> HealthCheckConfig:
         expect=table.get("expect", defaults.expect, _regex),
     )
     table.finish()
-    reported = any(e.startswith(f"{path}.expect:") for e in errors)  # (an invalid one)
-    if result.type == "send_expect" and not result.expect and not reported:
+    if (
+        result.type == "send_expect"
+        and not result.expect
+        and not any(e.startswith(f"{path}.expect:") for e in errors)  # (given, but invalid)
+    ):
         errors.append(f'{path}.expect: required for type = "send_expect"')
     if "timeout" not in table.data and result.timeout > result.interval:
         result = replace(result, timeout=result.interval)  # a short interval bounds the default
