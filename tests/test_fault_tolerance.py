@@ -185,6 +185,37 @@ def test_http_check_marks_silent_backend_down(any_cluster: Cluster) -> None:
         silent.close()
 
 
+def test_checks_send_the_proxy_header_that_traffic_sends(cluster: Cluster) -> None:
+    # A backend that insists on the PROXY header gets one with every check too (as in HAProxy,
+    # where a server's send-proxy also covers its checks): v1 UNKNOWN or v2 LOCAL, which say
+    # the connection is the balancer's own. Discovered backends start down and only a passed
+    # check brings one up, so each "up" proves checks pass with the header the service sends;
+    # the listed backend proves a per-backend send_proxy reaches checks too.
+    backend = cluster.backend("http", "--accept-proxy")
+    log = cluster.tmp / "lb.log"
+    discover = f'discover = {{ host = "127.0.0.1", ports = "{backend}-{backend}" }}\n'
+    listed = f'backends = [{{ address = "127.0.0.1:{backend}", send_proxy = "v1" }}]\n'
+    check = '[services.health_check]\ntype = "http"\npath = "/health"\ninterval = "200ms"\n'
+    services = "".join(
+        f'[[services]]\nname = "{name}"\nlisten = "127.0.0.1:{free_port()}"\n{keys}{check}{more}'
+        for name, keys, more in [
+            ("one", f'send_proxy = "v1"\n{discover}', ""),
+            ("two", f'send_proxy = "v2"\n{discover}', ""),
+            ("listed", listed, "fall = 1\n"),
+        ]
+    )
+    config = cluster.tmp / "lb.toml"
+    config.write_text(f'[log]\nfile = "{log}"\n{services}')
+    cluster.balancer("--config", str(config))
+    for name in ("one", "two"):
+        wait_for_log(log, rf"event up service={name} backend=127\.0\.0\.1:{backend} ", timeout=10)
+    # The listed service's first check came within 0.2 s, before the second check of the
+    # others, and one failure would have taken its backend down.
+    text = read_log(log)
+    assert "event down" not in text, text
+    assert "bad PROXY header" not in cluster.backend_process(backend).text
+
+
 def test_hanging_connect_costs_only_the_connect_timeout(any_cluster: Cluster) -> None:
     cluster = any_cluster
     good = [cluster.backend() for _ in range(2)]
@@ -341,9 +372,9 @@ def test_slow_start_takes_its_whole_time_and_panic_says_why_it_ends(cluster: Clu
 
     def weight() -> float:
         backends = call(admin, "GET", "/api/backends?service=web")[1]
-        return float(next(b for b in backends if b["address"].endswith(f":{late}"))[
-            "effective_weight"
-        ])
+        return float(
+            next(b for b in backends if b["address"].endswith(f":{late}"))["effective_weight"]
+        )
 
     wait_until(lambda: weight() == 1.0, 10, "the whole weight")
     assert time.time() - event_time(up) >= 1.95, "slow start ended early"

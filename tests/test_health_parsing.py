@@ -16,8 +16,10 @@ def test_statuses() -> None:
     assert http_response_status(b"HTTP/1.0 503 Service Unavailable\r\n\r\nbusy") == 503
     assert http_response_status(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No\r\n\r\n") == 204
     assert http_response_status(b"HTTP/1.1 200 OK\r\nContent-") is None
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(ValueError, match="closed before a complete response head, after 17 "):
         http_response_status(b"HTTP/1.1 200 OK\r\n", complete=True)
+    with pytest.raises(ValueError, match=r"^connection closed without a response$"):
+        http_response_status(b"", complete=True)
     with pytest.raises(ValueError, match="malformed HTTP response"):
         http_response_status(b"SSH-2.0-OpenSSH\r\n\r\n")
     ranges = parse_status_ranges("200-299,304")

@@ -13,6 +13,7 @@ from balancer.proxy_protocol import (
     V2_SIGNATURE,
     ProxyHeader,
     ProxyProtocolError,
+    build_local,
     build_v1,
     build_v2,
     parse,
@@ -66,6 +67,8 @@ def test_malformed_headers_say_what_is_wrong(data: bytes, message: str) -> None:
 def test_v2_local_and_tlvs() -> None:
     local = V2_SIGNATURE + b"\x20\x00\x00\x00"
     assert parse(local + b"rest") == (ProxyHeader(2, "unknown", None, None), 16)
+    assert build_local("v2") == local  # what a health check sends
+    assert build_local("v1") == b"PROXY UNKNOWN\r\n"
     header = build_v2(("10.1.2.3", 4000), ("10.9.9.9", 80))
     with_tlv = bytearray(header)
     with_tlv[14:16] = (12 + 5).to_bytes(2, "big")  # an extra TLV of 5 bytes is skipped

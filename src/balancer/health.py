@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import h11
 
+from balancer import proxy_protocol
 from balancer.config import HealthCheckConfig, PassiveConfig
 from balancer.pool import DOWN, UP, Backend, Pool
 from balancer.relay import describe_error
@@ -46,9 +47,8 @@ def http_response_status(data: bytes, *, complete: bool = False) -> int | None:
     conn = h11.Connection(h11.CLIENT)
     conn.send(h11.Request(method="GET", target="/", headers=[("Host", "check")]))
     conn.send(h11.EndOfMessage())
-    conn.receive_data(data)
-    if complete:
-        conn.receive_data(b"")
+    if data:  # (h11 takes b"" for the EOF, and an EOF before any answer for a protocol error)
+        conn.receive_data(data)
     try:
         while True:
             event = conn.next_event()
@@ -57,8 +57,13 @@ def http_response_status(data: bytes, *, complete: bool = False) -> int | None:
             if isinstance(event, h11.InformationalResponse):
                 continue
             if event is h11.NEED_DATA:
+                if complete and not data:
+                    raise ValueError("connection closed without a response")
                 if complete:
-                    raise ValueError("connection closed before a complete response head")
+                    raise ValueError(
+                        f"connection closed before a complete response head, after "
+                        f"{len(data)} bytes"
+                    )
                 return None
             raise ValueError(f"unexpected {type(event).__name__} before a response")
     except h11.RemoteProtocolError as exc:
@@ -72,13 +77,22 @@ def status_ok(status: int, ranges: tuple[tuple[int, int], ...]) -> bool:
 # -- probes ----------------------------------------------------------------------------------
 
 
-async def probe(backend: Backend, check: HealthCheckConfig) -> str | None:
-    """None when the backend passes `check`, else a short description of what went wrong."""
+async def probe(
+    backend: Backend, check: HealthCheckConfig, send_proxy: str | None = None
+) -> str | None:
+    """None when the backend passes `check`, else a short description of what went wrong.
+
+    A backend sent the PROXY header (its own `send_proxy`, else the service's) gets one first,
+    which says the connection is the balancer's own (as HAProxy's checks do).
+    """
     address = backend.address
+    version = backend.send_proxy or send_proxy
     try:
         async with asyncio.timeout(check.timeout):
             reader, writer = await asyncio.open_connection(address.host, address.port)
             try:
+                if version:
+                    writer.write(proxy_protocol.build_local(version))
                 if check.type == "http":
                     return await _http(reader, writer, check, str(address))
                 if check.type == "send_expect":
@@ -152,10 +166,17 @@ class Tracking:
 
 
 class Health:
-    def __init__(self, pool: Pool, check: HealthCheckConfig, passive: PassiveConfig) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        check: HealthCheckConfig,
+        passive: PassiveConfig,
+        send_proxy: str | None = None,
+    ) -> None:
         self.pool = pool
         self.check = check
         self.passive = passive
+        self.send_proxy = send_proxy  # the service's: the PROXY header its backends expect
         self.tracking: dict[Backend, Tracking] = {}
 
     def _track(self, backend: Backend) -> Tracking:
@@ -181,10 +202,13 @@ class Health:
             self._cancel(tracking)
         self.tracking.clear()
 
-    def reconfigure(self, check: HealthCheckConfig, passive: PassiveConfig) -> None:
+    def reconfigure(
+        self, check: HealthCheckConfig, passive: PassiveConfig, send_proxy: str | None
+    ) -> None:
         """A reload's settings. Checks restart with the new ones (`sync` starts them), and
         their counts start afresh; ejections, slow starts and failure counts carry on. With
         checks turned off, a backend they held down (and no ejection holds) comes back."""
+        self.send_proxy = send_proxy  # (the next check of each backend sends the new header)
         if check != self.check:
             for tracking in self.tracking.values():
                 if tracking.task is not None:
@@ -211,7 +235,7 @@ class Health:
         await asyncio.sleep(random.uniform(0, min(interval, 0.2)))
         while True:
             try:
-                error = await probe(backend, self.check)
+                error = await probe(backend, self.check, self.send_proxy)
             except Exception as exc:  # (a defect of ours, not the backend's: say so, go on)
                 asyncio.get_running_loop().call_exception_handler(
                     {"message": f"health check of {backend.key} failed", "exception": exc}

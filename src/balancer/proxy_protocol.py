@@ -138,3 +138,9 @@ def build_v2(source: Endpoint, destination: Endpoint) -> bytes:
 
 def build(version: str, source: Endpoint, destination: Endpoint) -> bytes:
     return build_v1(source, destination) if version == "v1" else build_v2(source, destination)
+
+
+def build_local(version: str) -> bytes:
+    """The header of a connection the sender opened for itself, such as a health check: v1
+    UNKNOWN or v2 LOCAL, which tell the receiver to use the connection's own addresses."""
+    return b"PROXY UNKNOWN\r\n" if version == "v1" else V2_HEADER.pack(V2_SIGNATURE, 0x20, 0, 0)

@@ -68,7 +68,9 @@ class PassiveHealth(Protocol):
 
     def stop(self) -> None: ...
 
-    def reconfigure(self, check: HealthCheckConfig, passive: PassiveConfig) -> None: ...
+    def reconfigure(
+        self, check: HealthCheckConfig, passive: PassiveConfig, send_proxy: str | None
+    ) -> None: ...
 
     def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None: ...
 
@@ -161,7 +163,8 @@ class Service:
     def _make_health(self) -> PassiveHealth:
         if self.health_factory is not None:
             return self.health_factory(self)
-        return Health(self.pool, self.config.health_check, self.config.passive)
+        config = self.config
+        return Health(self.pool, config.health_check, config.passive, config.send_proxy)
 
     def share(self, shared: SharedState, worker: int, cursor: int) -> None:
         """Count connections across workers, and walk one round-robin schedule with them."""
@@ -316,7 +319,7 @@ class Service:
                 self.pool.set_weight(backend, backend_config.weight)
                 self.pool.set_state(backend, ENABLED, "reload")
             self._configure(backend, backend_config)
-        self.health.reconfigure(config.health_check, config.passive)
+        self.health.reconfigure(config.health_check, config.passive, config.send_proxy)
         self.health.sync()
         self.pool.rebuild()
 

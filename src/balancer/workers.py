@@ -220,7 +220,9 @@ class RemoteHealth:
     def stop(self) -> None:
         pass
 
-    def reconfigure(self, check: HealthCheckConfig, passive: PassiveConfig) -> None:
+    def reconfigure(
+        self, check: HealthCheckConfig, passive: PassiveConfig, send_proxy: str | None
+    ) -> None:
         pass  # (the supervisor's health has the settings)
 
     def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None:
