@@ -651,3 +651,49 @@ def test_sighup_to_a_worker_still_starting_kills_no_worker(tmp_path: Path) -> No
         assert "worker_died" not in read_log(log)
     finally:
         cluster.stop()
+
+
+def test_backend_a_reload_adds_has_its_settings_in_every_worker_from_its_first_connection(
+    cluster: Cluster,
+) -> None:
+    # A reload that adds a backend with send_proxy, under a steady stream of new clients. A
+    # worker must not route to it before it has the config that says so: the pool alone has
+    # the backend but not its settings, and a client sent there without the header is cut off.
+    plain = cluster.backend()
+    strict = cluster.backend("hello", "--accept-proxy")
+    log = cluster.tmp / "lb.log"
+    port = free_port()
+    without = service("web", port, plain)
+    added = without.replace(
+        "}]", f'}}, {{ address = "127.0.0.1:{strict}", send_proxy = "v1" }}]'
+    )
+    path = workers_config(cluster, without)
+    proc, _ = cluster.balancer("--config", str(path), "--workers", "2")
+    stop = threading.Event()
+    answers: list[bytes] = []
+
+    def clients() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(exchange(port, b"hi"))
+            except OSError as exc:
+                answers.append(repr(exc).encode())
+
+    threads = [threading.Thread(target=clients) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for count in range(1, 41):  # (adds it 20 times, and takes it out again)
+            old, new = (without, added) if count % 2 else (added, without)
+            path.write_text(path.read_text().replace(old, new))
+            proc.signal(signal.SIGHUP)
+            wait_until(lambda n=count: len(re.findall(r"event reload ", read_log(log))) == n, 10)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    cut_off = [line for line in cluster.backend_process(strict).output if "bad PROXY" in line]
+    assert not cut_off, cut_off
+    served = [served_by(a) for a in answers if a.startswith(b"Hello")]
+    assert strict in served and plain in served, "both backends took clients"
+    assert len(served) == len(answers), [a for a in answers if not a.startswith(b"Hello")][:5]

@@ -171,9 +171,14 @@ class Balancer:
                 except ConfigError as exc:
                     errors = exc.errors
                 else:
-                    errors = await self._apply(new)
-                    if not errors and self.supervisor is not None:
-                        self.supervisor.broadcast_config()
+                    if self.supervisor is not None:
+                        self.supervisor.hold_pools()
+                    errors = ["the reload failed"]  # (until _apply returns: see the finally)
+                    try:
+                        errors = await self._apply(new)
+                    finally:
+                        if self.supervisor is not None:
+                            self.supervisor.broadcast_config(changed=not errors)
             if errors:
                 for line in errors:
                     self.log.event("reload_failed", f"{trigger}: {line}")

@@ -375,6 +375,7 @@ class Supervisor:
         self.retired_refusals: dict[str, Counter[str]] = {}
         # What each service's and backend's sum was last made from (see `aggregate`).
         self.summed: dict[tuple[str, str], tuple[object, tuple[Any, ...]]] = {}
+        self.holding = False  # pool snapshots wait for a reload's config (see `hold_pools`)
         self.stopping = False
         self.stopped = asyncio.Event()  # set with `stopping`: wakes restarts waiting out a delay
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -741,6 +742,8 @@ class Supervisor:
         worker.writer.write(HEADER.pack(len(data)) + data)
 
     def _pool_changed(self, pool: Pool) -> None:
+        if self.holding:
+            return  # (`broadcast_config` sends every pool after the config)
         service = self.balancer.services.get(pool.name)
         if service is None or service.pool is not pool:
             return  # a removed service's (the workers drain theirs), or one in a reload
@@ -748,7 +751,22 @@ class Supervisor:
         for worker in self.workers:
             self._post(worker, ("pool", pool.name, pool_snapshot(pool)))
 
-    def broadcast_config(self) -> None:
+    def hold_pools(self) -> None:
+        """A reload is about to apply here: its pool changes wait for `broadcast_config`.
+
+        A snapshot sent first would give a worker a backend the reload added without the
+        settings only the config carries (send_proxy, max_connections), and the worker would
+        send it clients without them until the config came."""
+        self.holding = True
+
+    def broadcast_config(self, *, changed: bool = True) -> None:
+        """After a reload: the config to every worker, then every pool (only the pools when
+        the reload was rejected)."""
+        self.holding = False
+        if not changed:
+            for service in self.balancer.services.values():
+                self._pool_changed(service.pool)
+            return
         # A service the reload removed gives its port back (its workers drain and close
         # their listeners when the config reaches them).
         for name in [n for n in self.reserved if n not in self.balancer.services]:
