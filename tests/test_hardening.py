@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import resource
@@ -52,8 +53,11 @@ def attempt(port: int, message: bytes) -> bytes:
     """An echo exchange; a refusal (EOF or reset before any answer) gives b""."""
     try:
         return exchange(port, message, half_close=True)
-    except (ConnectionResetError, BrokenPipeError):
-        return b""
+    except OSError as exc:
+        # (a reset that came before the half-close makes it fail with ENOTCONN)
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+            return b""
+        raise
 
 
 def cpu_seconds(pid: int) -> float:
