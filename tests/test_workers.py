@@ -697,3 +697,27 @@ def test_backend_a_reload_adds_has_its_settings_in_every_worker_from_its_first_c
     served = [served_by(a) for a in answers if a.startswith(b"Hello")]
     assert strict in served and plain in served, "both backends took clients"
     assert len(served) == len(answers), [a for a in answers if not a.startswith(b"Hello")][:5]
+
+
+def test_delete_counts_a_connection_opened_just_before(cluster: Cluster) -> None:
+    # The workers' reported figures lag by up to half a second; a DELETE decides on the
+    # counts they keep in shared memory, so it never removes at once a backend that a
+    # connection opened a moment ago is still using. (Three services, one try each.)
+    echoes = [cluster.backend("echo") for _ in range(3)]
+    admin = free_port()
+    ports = [free_port() for _ in echoes]
+    pairs = list(enumerate(zip(ports, echoes, strict=True)))
+    services = "".join(service(f"s{index}", port, echo) for index, (port, echo) in pairs)
+    path = workers_config(cluster, admin_table(admin) + services)
+    cluster.balancer("--config", str(path), "--workers", "2")
+    for index, (port, echo) in pairs:
+        key = f"127.0.0.1:{echo}"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert alive(s)
+            status, body = call(admin, "DELETE", f"/api/backends/s{index}/{key}")
+            assert (status, body) == (202, {"draining": key, "active": 1})
+        # Once it has ended, the removal goes ahead.
+        wait_until(
+            lambda n=index: not call(admin, "GET", f"/api/backends?service=s{n}")[1],
+            what="the drained backend removed",
+        )

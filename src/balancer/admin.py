@@ -514,7 +514,8 @@ class Admin:
 
     async def remove_backend(self, request: web.Request) -> web.StreamResponse:
         service, backend = self._backend(request)
-        if backend.active == 0:
+        active = self.balancer.open_on(backend)
+        if active == 0:
             service.remove_backend(backend, "admin API")
             return web.json_response({"removed": backend.key, "active": 0})
         service.pool.set_state(backend, DRAIN, "admin API: removing once idle")
@@ -522,7 +523,7 @@ class Admin:
             task = asyncio.get_running_loop().create_task(self._remove_when_idle(service, backend))
             self._removals[backend] = (service, task)
             task.add_done_callback(lambda _: self._forget_removal(backend, task))
-        return web.json_response({"draining": backend.key, "active": backend.active}, status=202)
+        return web.json_response({"draining": backend.key, "active": active}, status=202)
 
     async def _remove_when_idle(self, service: Service, backend: Backend) -> None:
         """Remove the backend once its connections have finished, if it is still draining and
@@ -534,7 +535,7 @@ class Admin:
             if backend.state != DRAIN:
                 self._log_cancelled(service, backend, f"state is {backend.state} again")
                 return
-            if backend.active <= 0:
+            if self.balancer.open_on(backend) <= 0:
                 service.remove_backend(backend, "admin API: drained")
                 return
             await asyncio.sleep(REMOVAL_POLL)

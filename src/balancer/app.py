@@ -20,6 +20,7 @@ from balancer.admin import Admin, AdminError
 from balancer.config import Address, Config, ConfigError, ServiceConfig, load_config
 from balancer.logs import EventLog, route_python_logging
 from balancer.loop import run_loop
+from balancer.pool import Backend
 from balancer.relay import describe_error
 from balancer.service import Budget, HealthFactory, Service, StartupError
 from balancer.shared import SharedState
@@ -66,6 +67,14 @@ class Balancer:
         for name, service in self.services.items():
             if name in cursors:
                 service.share(shared, self.worker, cursors[name])
+
+    def open_on(self, backend: Backend) -> int:
+        """A backend's open connections now. A supervisor reads its workers' counts in shared
+        memory: the figures they report, and `backend.active` with them, lag by up to
+        STATS_INTERVAL."""
+        if self.supervisor is not None and backend.slot >= 0:
+            return self.supervisor.shared.total(backend.slot)
+        return backend.active
 
     def _service(self, config: ServiceConfig) -> Service:
         service = Service(
