@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import resource
@@ -11,6 +12,7 @@ import selectors
 import signal
 import socket
 import struct
+import termios
 import threading
 import time
 from pathlib import Path
@@ -350,6 +352,153 @@ def test_backend_that_closes_then_resets_counts_one_failure(cluster: Cluster) ->
         assert backend["failures"] == 1 and backend["health"] == "up", backend
     finally:
         scripted.close()
+
+
+# A slow reader: a small receive buffer and segments, so the balancer's socket toward it takes
+# only some 200 KB and the rest waits in the balancer, under the pause threshold (64 KiB).
+SLOW_READER = (
+    (socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),
+    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000),
+)
+
+
+def slow_reader_socket() -> socket.socket:
+    s = socket.socket()
+    for option in SLOW_READER:
+        s.setsockopt(*option)
+    return s
+
+
+def unsent(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue that the peer has not acknowledged."""
+    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
+
+
+def slow_reader_listener() -> socket.socket:
+    """A listener whose connections are slow readers (they inherit its options)."""
+    listener = slow_reader_socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    return listener
+
+
+def room_toward_a_slow_reader() -> int:
+    """What a socket takes toward a slow reader that does not read, measured here."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, slow_reader_socket() as reader:
+        reader.connect(listener.getsockname())
+        sender, _ = listener.accept()
+        with sender:
+            sender.setblocking(False)
+            taken, idle = 0, 0
+            with selectors.DefaultSelector() as selector:
+                selector.register(sender, selectors.EVENT_WRITE)
+                while idle < 5:  # (the kernel took nothing in 5 tries, 20 ms apart at most)
+                    try:
+                        taken += sender.send(b"x" * 65536)
+                        idle = 0
+                    except BlockingIOError:
+                        idle += 1
+                        selector.select(0.02)  # (it may take a little without saying so)
+            return taken
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_backend_reset_after_its_answer_loses_none_of_it(cluster: Cluster) -> None:
+    # The backend sends its whole answer (acknowledged by the balancer's kernel), then resets.
+    # The client is slow, so part of the answer still waits in the balancer: it goes to the
+    # client, and then a close, as HAProxy and nginx do, not a cut-off answer.
+    size = room_toward_a_slow_reader() + 32 * 1024
+    answer = bytes(range(256)) * (size // 256)
+    listener = socket.create_server(("127.0.0.1", 0))
+    asked, answer_now, reset = threading.Event(), threading.Event(), threading.Event()
+
+    def backend() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(100)
+            asked.set()
+            answer_now.wait(10)
+            conn.sendall(answer)
+            wait_until(lambda: unsent(conn) == 0, what="the answer acknowledged")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.set()
+
+    threading.Thread(target=backend, daemon=True).start()
+    port = free_port()
+    no_checks = "[services.health_check]\nenabled = false"
+    proc, _ = cluster.balancer(
+        "--config",
+        str(config(cluster, service("slow", port, [listener.getsockname()[1]], no_checks))),
+    )
+    try:
+        with slow_reader_socket() as client:
+            client.settimeout(10)
+            client.connect(("127.0.0.1", port))
+            client.sendall(b"GET")
+            assert asked.wait(10), "the request never reached the backend"
+            both = open_descriptors(proc.proc.pid)  # (with the client's and the backend's)
+            answer_now.set()
+            assert reset.wait(10), "the backend never sent its answer"
+            # Once the balancer has closed its backend socket, it has taken the reset.
+            wait_until(
+                lambda: open_descriptors(proc.proc.pid) < both, what="the balancer to take it"
+            )
+            received = bytearray()
+            while chunk := client.recv(65536):
+                received += chunk
+        assert len(received) == len(answer), f"{len(answer) - len(received)} bytes lost"
+        assert received == answer
+        wait_for_log(cluster.tmp / "lb.log", r"service=slow .*termination=backend_reset")
+    finally:
+        listener.close()
+
+
+def test_client_reset_after_its_upload_loses_none_of_it(cluster: Cluster) -> None:
+    # The same the other way: the client's upload is all acknowledged, then it resets; the
+    # backend is slow, and gets the whole upload, then a close.
+    size = room_toward_a_slow_reader() + 32 * 1024
+    upload = bytes(range(256)) * (size // 256)
+    listener = slow_reader_listener()
+    connected, read_now = threading.Event(), threading.Event()
+    received = bytearray()
+
+    def backend() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            connected.set()
+            read_now.wait(10)
+            conn.settimeout(10)
+            while chunk := conn.recv(65536):
+                received.extend(chunk)
+
+    thread = threading.Thread(target=backend, daemon=True)
+    thread.start()
+    port = free_port()
+    no_checks = "[services.health_check]\nenabled = false"
+    proc, _ = cluster.balancer(
+        "--config",
+        str(config(cluster, service("upload", port, [listener.getsockname()[1]], no_checks))),
+    )
+    try:
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with client:
+            assert connected.wait(10), "the balancer never connected to the backend"
+            both = open_descriptors(proc.proc.pid)
+            client.sendall(upload)
+            wait_until(lambda: unsent(client) == 0, what="the upload acknowledged")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_until(lambda: open_descriptors(proc.proc.pid) < both, what="the balancer to take it")
+        read_now.set()
+        thread.join(15)
+        assert not thread.is_alive(), "the backend never saw the end of the upload"
+        assert len(received) == len(upload), f"{len(upload) - len(received)} bytes lost"
+        assert received == upload
+        wait_for_log(cluster.tmp / "lb.log", r"service=upload .*termination=client_reset")
+    finally:
+        listener.close()
 
 
 def test_half_closed_request_is_retried_and_reasons_say_what_happened(cluster: Cluster) -> None:

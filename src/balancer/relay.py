@@ -6,8 +6,8 @@ straight to the other's: relaying a chunk is one write, with no coroutine, no co
 into the session, and the streams count the bytes and the times. Backpressure runs both ways:
 when one side's write buffer fills, reading from the other side stops until it drains. An EOF
 from one side is forwarded as a half-close to the other; the connection ends when both
-directions have ended, or either side resets. Every connection ends with exactly one
-termination reason.
+directions have ended, or either side resets: then the other side gets what the reset side
+sent before it, and a close. Every connection ends with exactly one termination reason.
 
 A backend connection that fails before any byte has flowed either way is retried on the next
 candidate, invisibly to the client; with `retry_replay`, so is one that fails after the client
@@ -322,10 +322,9 @@ class Session(asyncio.Protocol):
         if self.connecting:
             self._stop_connecting()
         if self.up_transport is not None and self.backend_open:
-            if exc is None:
-                self.up_transport.close()
-            else:
-                self.up_transport.abort()
+            # A reset too: what the client sent before it goes on to the backend, then a
+            # close (as HAProxy and nginx do), rather than a cut-off stream that looks whole.
+            self.up_transport.close()
         self._maybe_finish()
 
     def pause_writing(self) -> None:
@@ -633,10 +632,7 @@ class Session(asyncio.Protocol):
         elif exc is not None and self.termination in _FINISHED:
             self.termination = Termination.BACKEND_RESET
         if self.client is not None and self.client_open:
-            if exc is None:
-                self.client.close()
-            else:
-                self.client.abort()
+            self.client.close()  # (after a reset too: what the backend sent is delivered)
         self._maybe_finish()
 
     # -- timeouts ---------------------------------------------------------------------------
