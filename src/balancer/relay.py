@@ -323,7 +323,7 @@ class Session(asyncio.Protocol):
             self._stop_connecting()
         if self.up_transport is not None and self.backend_open:
             # A reset too: what the client sent before it goes on to the backend, then a
-            # close (as HAProxy and nginx do), rather than a cut-off stream that looks whole.
+            # close (as in nginx; HAProxy delivers it, then resets), not a cut-off stream.
             self.up_transport.close()
         self._maybe_finish()
 
