@@ -406,10 +406,24 @@ def open_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def unchecked_balancer(cluster: Cluster, name: str, backend: int) -> tuple[Process, int]:
+    """A balancer with one service `name` and one backend, without health checks."""
+    port = free_port()
+    no_checks = "[services.health_check]\nenabled = false"
+    path = config(cluster, service(name, port, [backend], no_checks))
+    proc, _ = cluster.balancer("--config", str(path))
+    return proc, port
+
+
+def assert_all_arrived(received: bytes | bytearray, sent: bytes) -> None:
+    assert len(received) == len(sent), f"{len(sent) - len(received)} of {len(sent)} bytes lost"
+    assert received == sent
+
+
 def test_backend_reset_after_its_answer_loses_none_of_it(cluster: Cluster) -> None:
     # The backend sends its whole answer (acknowledged by the balancer's kernel), then resets.
     # The client is slow, so part of the answer still waits in the balancer: it goes to the
-    # client, and then a close, as HAProxy and nginx do, not a cut-off answer.
+    # client, and then a close (as from HAProxy and nginx), not a cut-off answer.
     size = room_toward_a_slow_reader() + 32 * 1024
     answer = bytes(range(256)) * (size // 256)
     listener = socket.create_server(("127.0.0.1", 0))
@@ -427,12 +441,7 @@ def test_backend_reset_after_its_answer_loses_none_of_it(cluster: Cluster) -> No
         reset.set()
 
     threading.Thread(target=backend, daemon=True).start()
-    port = free_port()
-    no_checks = "[services.health_check]\nenabled = false"
-    proc, _ = cluster.balancer(
-        "--config",
-        str(config(cluster, service("slow", port, [listener.getsockname()[1]], no_checks))),
-    )
+    proc, port = unchecked_balancer(cluster, "slow", listener.getsockname()[1])
     try:
         with slow_reader_socket() as client:
             client.settimeout(10)
@@ -449,8 +458,7 @@ def test_backend_reset_after_its_answer_loses_none_of_it(cluster: Cluster) -> No
             received = bytearray()
             while chunk := client.recv(65536):
                 received += chunk
-        assert len(received) == len(answer), f"{len(answer) - len(received)} bytes lost"
-        assert received == answer
+        assert_all_arrived(received, answer)
         wait_for_log(cluster.tmp / "lb.log", r"service=slow .*termination=backend_reset")
     finally:
         listener.close()
@@ -476,12 +484,7 @@ def test_client_reset_after_its_upload_loses_none_of_it(cluster: Cluster) -> Non
 
     thread = threading.Thread(target=backend, daemon=True)
     thread.start()
-    port = free_port()
-    no_checks = "[services.health_check]\nenabled = false"
-    proc, _ = cluster.balancer(
-        "--config",
-        str(config(cluster, service("upload", port, [listener.getsockname()[1]], no_checks))),
-    )
+    proc, port = unchecked_balancer(cluster, "upload", listener.getsockname()[1])
     try:
         client = socket.create_connection(("127.0.0.1", port), timeout=10)
         with client:
@@ -494,8 +497,7 @@ def test_client_reset_after_its_upload_loses_none_of_it(cluster: Cluster) -> Non
         read_now.set()
         thread.join(15)
         assert not thread.is_alive(), "the backend never saw the end of the upload"
-        assert len(received) == len(upload), f"{len(upload) - len(received)} bytes lost"
-        assert received == upload
+        assert_all_arrived(received, upload)
         wait_for_log(cluster.tmp / "lb.log", r"service=upload .*termination=client_reset")
     finally:
         listener.close()
