@@ -189,8 +189,10 @@ def test_bad_patch_changes_nothing_and_duplicates_conflict(cluster: Cluster) -> 
     backend = cluster.backend()
     _, admin = start(cluster, [backend])
     path = f"/api/backends/default/127.0.0.1:{backend}"
-    status, body = call(admin, "PATCH", path, {"weight": 5, "state": "sleeping"})
-    assert status == 400 and "state must be one of" in body["error"]
+    for state in ("sleeping", None, ["drain"]):
+        status, body = call(admin, "PATCH", path, {"weight": 5, "state": state})
+        expected = f"state must be one of enabled, drain, maintenance, got {state!r}"
+        assert status == 400 and expected in body["error"], body
     status, body = call(admin, "PATCH", path, raw=b"{not json")
     assert status == 400 and "not valid JSON" in body["error"]
     # Valid JSON that Python will not read: a 5,000-digit number, arrays 30,000 deep.

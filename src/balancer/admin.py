@@ -20,14 +20,14 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from balancer.config import MAX_WEIGHT, Address, parse_address
-from balancer.pool import ADMIN_STATES, DRAIN, Backend
+from balancer.pool import DRAIN, Backend, check_state
 
 if TYPE_CHECKING:
     from balancer.app import Balancer
@@ -455,6 +455,14 @@ class Admin:
             )
         return value
 
+    @staticmethod
+    def _state(value: object) -> str:
+        try:
+            check_state(value)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return cast(str, value)
+
     # -- handlers --------------------------------------------------------------------------
 
     async def dashboard(self, request: web.Request) -> web.StreamResponse:
@@ -486,9 +494,7 @@ class Admin:
         except ValueError as exc:
             raise ApiError(400, f"address: {exc}") from None
         weight = self._weight(body.get("weight", 1))
-        state = body.get("state", "enabled")
-        if state not in ADMIN_STATES:
-            raise ApiError(400, f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
+        state = self._state(body.get("state", "enabled"))
         if address in service.pool.backends:
             return error(409, f"service {service.name!r} already has backend {address}")
         backend = service.add_backend(address, weight, reason="admin API", state=state)
@@ -500,9 +506,7 @@ class Admin:
         if not body:
             raise ApiError(400, "nothing to change: give weight and/or state")
         weight = self._weight(body["weight"]) if "weight" in body else None
-        state = body.get("state")
-        if state is not None and state not in ADMIN_STATES:
-            raise ApiError(400, f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
+        state = self._state(body["state"]) if "state" in body else None
         # Validated whole before anything changes.
         if weight is not None:
             service.pool.set_weight(backend, weight)

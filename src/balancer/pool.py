@@ -110,7 +110,7 @@ class Backend:
         )
 
 
-def check_state(state: str) -> None:
+def check_state(state: object) -> None:
     if state not in ADMIN_STATES:
         raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")
 
