@@ -315,7 +315,7 @@ def test_timeout_ends_a_connection_whose_client_stopped_reading(cluster: Cluster
 def test_reset_after_a_half_close_ends_the_connection_at_once(cluster: Cluster) -> None:
     # The client sends its request and its EOF, then resets while the backend still works on
     # it: past the EOF there is nothing left to read from the client, so the balancer learns
-    # of the reset at once and passes it on, rather than when the backend answers.
+    # of the reset at once and closes the backend connection, rather than when it answers.
     scripted = ScriptedBackend()
     port = free_port()
     extra = '[services.health_check]\nenabled = false\n[services.timeouts]\nidle = "60s"'
