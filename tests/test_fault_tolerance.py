@@ -199,8 +199,8 @@ def test_checks_send_the_proxy_header_that_traffic_sends(cluster: Cluster) -> No
     services = "".join(
         f'[[services]]\nname = "{name}"\nlisten = "127.0.0.1:{free_port()}"\n{keys}{check}{more}'
         for name, keys, more in [
-            ("one", f'send_proxy = "v1"\n{discover}', ""),
-            ("two", f'send_proxy = "v2"\n{discover}', ""),
+            ("one", f'send_proxy = "v1"\n{discover}', "rise = 3\n"),
+            ("two", f'send_proxy = "v2"\n{discover}', "rise = 3\n"),
             ("listed", listed, "fall = 1\n"),
         ]
     )
@@ -209,8 +209,9 @@ def test_checks_send_the_proxy_header_that_traffic_sends(cluster: Cluster) -> No
     cluster.balancer("--config", str(config))
     for name in ("one", "two"):
         wait_for_log(log, rf"event up service={name} backend=127\.0\.0\.1:{backend} ", timeout=10)
-    # The listed service's first check came within 0.2 s, before the second check of the
-    # others, and one failure would have taken its backend down.
+    # The listed service's first check came within 0.2 s of the start, before the third
+    # check of the others (0.36 s at the soonest), and one failure would have taken its
+    # backend down.
     text = read_log(log)
     assert "event down" not in text, text
     assert "bad PROXY header" not in cluster.backend_process(backend).text
