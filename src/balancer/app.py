@@ -180,14 +180,14 @@ class Balancer:
                 except ConfigError as exc:
                     errors = exc.errors
                 else:
-                    if self.supervisor is not None:
-                        self.supervisor.hold_pools()
-                    errors = ["the reload failed"]  # (until _apply returns: see the finally)
-                    try:
+                    supervisor = self.supervisor
+                    if supervisor is None:
                         errors = await self._apply(new)
-                    finally:
-                        if self.supervisor is not None:
-                            self.supervisor.broadcast_config(changed=not errors)
+                    else:
+                        with supervisor.reloading():
+                            errors = await self._apply(new)
+                            if not errors:
+                                supervisor.broadcast_config()
             if errors:
                 for line in errors:
                     self.log.event("reload_failed", f"{trigger}: {line}")

@@ -13,6 +13,7 @@ Messages are length-prefixed pickles over a socketpair between the two processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import pickle
@@ -21,6 +22,7 @@ import socket
 import struct
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -375,7 +377,7 @@ class Supervisor:
         self.retired_refusals: dict[str, Counter[str]] = {}
         # What each service's and backend's sum was last made from (see `aggregate`).
         self.summed: dict[tuple[str, str], tuple[object, tuple[Any, ...]]] = {}
-        self.holding = False  # pool snapshots wait for a reload's config (see `hold_pools`)
+        self.holding = False  # pool snapshots wait for a reload's config (see `reloading`)
         self.stopping = False
         self.stopped = asyncio.Event()  # set with `stopping`: wakes restarts waiting out a delay
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -743,7 +745,7 @@ class Supervisor:
 
     def _pool_changed(self, pool: Pool) -> None:
         if self.holding:
-            return  # (`broadcast_config` sends every pool after the config)
+            return  # (`reloading` sends every pool when the reload is over)
         service = self.balancer.services.get(pool.name)
         if service is None or service.pool is not pool:
             return  # a removed service's (the workers drain theirs), or one in a reload
@@ -751,22 +753,26 @@ class Supervisor:
         for worker in self.workers:
             self._post(worker, ("pool", pool.name, pool_snapshot(pool)))
 
-    def hold_pools(self) -> None:
-        """A reload is about to apply here: its pool changes wait for `broadcast_config`.
+    @contextlib.contextmanager
+    def reloading(self) -> Iterator[None]:
+        """While a reload applies here, its pool changes wait; when it is over, every pool goes
+        to the workers, after the new config if `broadcast_config` sent one meanwhile.
 
-        A snapshot sent first would give a worker a backend the reload added without the
-        settings only the config carries (send_proxy, max_connections), and the worker would
-        send it clients without them until the config came."""
+        A snapshot sent before the config would give a worker a backend the reload added
+        without the settings only the config carries (send_proxy, max_connections), and the
+        worker would send it clients without them until the config came."""
         self.holding = True
-
-    def broadcast_config(self, *, changed: bool = True) -> None:
-        """After a reload: the config to every worker, then every pool (only the pools when
-        the reload was rejected)."""
-        self.holding = False
-        if not changed:
+        try:
+            yield
+        finally:
+            self.holding = False
             for service in self.balancer.services.values():
+                if self._pool_changed not in service.pool.rebuild_listeners:
+                    service.pool.rebuild_listeners.append(self._pool_changed)
                 self._pool_changed(service.pool)
-            return
+
+    def broadcast_config(self) -> None:
+        """A reload applied here: its config to every worker (inside `reloading`)."""
         # A service the reload removed gives its port back (its workers drain and close
         # their listeners when the config reaches them).
         for name in [n for n in self.reserved if n not in self.balancer.services]:
@@ -775,10 +781,6 @@ class Supervisor:
         services = self._assign()
         for worker in self.workers:
             self._post(worker, ("config", config, services))
-        for service in self.balancer.services.values():
-            if self._pool_changed not in service.pool.rebuild_listeners:
-                service.pool.rebuild_listeners.append(self._pool_changed)
-            self._pool_changed(service.pool)
 
     def interrupt(self) -> None:
         for worker in self.workers:
