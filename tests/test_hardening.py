@@ -31,6 +31,8 @@ from conftest import (
 from test_admin import call
 from test_relay import MIB, echo_transfer
 
+from balancer.bench import tree_fds
+
 
 def config(cluster: Cluster, services: str, admin: int | None = None) -> Path:
     path = cluster.tmp / "lb.toml"
@@ -402,10 +404,6 @@ def room_toward_a_slow_reader() -> int:
             return taken
 
 
-def open_descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def unchecked_balancer(cluster: Cluster, name: str, backend: int) -> tuple[Process, int]:
     """A balancer with one service `name` and one backend, without health checks."""
     port = free_port()
@@ -448,12 +446,12 @@ def test_backend_reset_after_its_answer_loses_none_of_it(cluster: Cluster) -> No
             client.connect(("127.0.0.1", port))
             client.sendall(b"GET")
             assert asked.wait(10), "the request never reached the backend"
-            both = open_descriptors(proc.proc.pid)  # (with the client's and the backend's)
+            both = tree_fds(proc.proc.pid)  # (with the client's and the backend's)
             answer_now.set()
             assert reset.wait(10), "the backend never sent its answer"
             # Once the balancer has closed its backend socket, it has taken the reset.
             wait_until(
-                lambda: open_descriptors(proc.proc.pid) < both, what="the balancer to take it"
+                lambda: tree_fds(proc.proc.pid) < both, what="the balancer to take it"
             )
             received = bytearray()
             while chunk := client.recv(65536):
@@ -489,11 +487,11 @@ def test_client_reset_after_its_upload_loses_none_of_it(cluster: Cluster) -> Non
         client = socket.create_connection(("127.0.0.1", port), timeout=10)
         with client:
             assert connected.wait(10), "the balancer never connected to the backend"
-            both = open_descriptors(proc.proc.pid)
+            both = tree_fds(proc.proc.pid)
             client.sendall(upload)
             wait_until(lambda: unsent(client) == 0, what="the upload acknowledged")
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        wait_until(lambda: open_descriptors(proc.proc.pid) < both, what="the balancer to take it")
+        wait_until(lambda: tree_fds(proc.proc.pid) < both, what="the balancer to take it")
         read_now.set()
         thread.join(15)
         assert not thread.is_alive(), "the backend never saw the end of the upload"
