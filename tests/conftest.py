@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -48,6 +49,15 @@ def wait_until(predicate, timeout: float = DEADLINE, what: str = "condition"):  
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def descriptors(pid: int, kind: str) -> int:
+    """The process's open descriptors of one kind, as /proc names them ("socket", "pipe")."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # (closed meanwhile)
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{kind}:")
+    return count
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -21,6 +21,7 @@ from conftest import (
     Cluster,
     Process,
     balancer_cmd,
+    descriptors,
     exchange,
     free_port,
     read_log,
@@ -30,8 +31,6 @@ from conftest import (
 )
 from test_admin import call
 from test_relay import MIB, echo_transfer
-
-from balancer.bench import tree_fds
 
 
 def config(cluster: Cluster, services: str, admin: int | None = None) -> Path:
@@ -93,7 +92,8 @@ def test_descriptor_exhaustion_pauses_without_spinning(cluster: Cluster) -> None
             s.setblocking(False)
             s.connect_ex(("127.0.0.1", port))
             idle.append(s)
-        wait_for_log(log, r"open-file limit 256 .*at most 96 relayed connections")
+        # (256 - 64 in reserve - 2 x 16 pipes) / 2 descriptors
+        wait_for_log(log, r"open-file limit 256 .*at most 80 relayed connections.* 16 pipes")
         wait_for_log(log, r"accept_paused .*(too many open files|connections \(from its open-file)")
         before = cpu_seconds(proc.proc.pid)
         began = time.monotonic()
@@ -446,12 +446,13 @@ def test_backend_reset_after_its_answer_loses_none_of_it(cluster: Cluster) -> No
             client.connect(("127.0.0.1", port))
             client.sendall(b"GET")
             assert asked.wait(10), "the request never reached the backend"
-            both = tree_fds(proc.proc.pid)  # (with the client's and the backend's)
+            both = descriptors(proc.proc.pid, "socket")  # (the client's and the backend's)
             answer_now.set()
             assert reset.wait(10), "the backend never sent its answer"
             # Once the balancer has closed its backend socket, it has taken the reset.
             wait_until(
-                lambda: tree_fds(proc.proc.pid) < both, what="the balancer to take it"
+                lambda: descriptors(proc.proc.pid, "socket") < both,
+                what="the balancer to take it",
             )
             received = bytearray()
             while chunk := client.recv(65536):
@@ -487,11 +488,13 @@ def test_client_reset_after_its_upload_loses_none_of_it(cluster: Cluster) -> Non
         client = socket.create_connection(("127.0.0.1", port), timeout=10)
         with client:
             assert connected.wait(10), "the balancer never connected to the backend"
-            both = tree_fds(proc.proc.pid)
+            both = descriptors(proc.proc.pid, "socket")
             client.sendall(upload)
             wait_until(lambda: unsent(client) == 0, what="the upload acknowledged")
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        wait_until(lambda: tree_fds(proc.proc.pid) < both, what="the balancer to take it")
+        wait_until(
+            lambda: descriptors(proc.proc.pid, "socket") < both, what="the balancer to take it"
+        )
         read_now.set()
         thread.join(15)
         assert not thread.is_alive(), "the backend never saw the end of the upload"

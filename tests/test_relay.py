@@ -19,6 +19,7 @@ from conftest import (
     Cluster,
     Process,
     balancer_cmd,
+    descriptors,
     exchange,
     free_port,
     read_log,
@@ -351,3 +352,48 @@ def test_algorithm_that_raises_refuses_that_client_and_serves_the_next(tmp_path:
         assert "stopping, 0 connections open" in read_log(log)
     finally:
         cluster.stop()
+
+
+def test_bulk_transfer_splices_through_pipes_unless_turned_off(tmp_path: Path) -> None:
+    # 8 MiB echoed, read back slowly: with splicing (the default) the balancer holds pipes
+    # while the bytes flow, with BALANCER_SPLICE=off never; either way nothing is lost, and
+    # no pipe is left once the connection ends.
+    payload = hashlib.sha256(b"splice").digest() * (8 * MIB // 32)
+    for setting in ("on", "off"):
+        env = {**os.environ, "BALANCER_SPLICE": setting}
+        cluster = Cluster(tmp_path)
+        try:
+            backend = cluster.backend("echo")
+            log = tmp_path / f"lb-{setting}.log"
+            args = ["run", "--listen", "127.0.0.1:0", f"--backend=127.0.0.1:{backend}"]
+            proc = Process(balancer_cmd(*args, "--log-file", str(log)), env=env)
+            cluster.processes.append(proc)
+            port = int(proc.expect(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+            pid = proc.proc.pid
+            before = descriptors(pid, "pipe")  # (its standard output is one)
+            most = before
+            received = bytearray()
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+
+                def send() -> None:
+                    s.sendall(payload)
+                    s.shutdown(socket.SHUT_WR)
+
+                sender = threading.Thread(target=send)
+                sender.start()
+                while chunk := s.recv(16384):
+                    received += chunk
+                    most = max(most, descriptors(pid, "pipe"))
+                sender.join(20)
+            assert received == payload, f"{len(payload) - len(received)} bytes differ or lost"
+            if setting == "on":
+                assert most > before, "no pipe while 8 MiB went through"
+                wait_for_log(log, r"and [1-9]\d* pipes to splice")
+            else:
+                assert most == before, f"{most - before} pipes with BALANCER_SPLICE=off"
+                wait_for_log(log, r"and 0 pipes to splice")
+            wait_for_log(log, r"bytes_in=8388608 bytes_out=8388608 .*termination=client_closed")
+            assert descriptors(pid, "pipe") == before
+        finally:
+            cluster.stop()

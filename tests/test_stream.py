@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
+import hashlib
+import os
 import socket
+import struct
+import termios
+from collections.abc import Iterable
 
 from balancer import stream
 
+SocketOption = tuple[int, int, int]
+# A peer that takes little at a time: its small receive buffer fills at once, so the relay's
+# sends toward it are refused in part and what it holds waits in the relay.
+SLOW_READER: tuple[SocketOption, ...] = (
+    (socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),
+    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000),
+)
 
-async def _accept_one() -> tuple[socket.SocketType, socket.socket]:
+
+async def _accept_one(
+    client_options: Iterable[SocketOption] = (),
+) -> tuple[socket.SocketType, socket.socket]:
     """A connection accepted by a `stream.Listener` and made ready by `stream.prepare`, with
-    the client's end."""
+    the client's end (given `client_options` before it connects)."""
     loop = asyncio.get_running_loop()
     sockets = await stream.listen("127.0.0.1", 0, backlog=8)
     accepted: asyncio.Future[socket.SocketType] = loop.create_future()
@@ -23,6 +39,8 @@ async def _accept_one() -> tuple[socket.SocketType, socket.socket]:
     listener = stream.Listener(loop, sockets, on_accept, lambda error: None)
     listener.start()
     client = socket.socket()
+    for option in client_options:
+        client.setsockopt(*option)
     client.setblocking(False)
     try:
         await asyncio.wait_for(loop.sock_connect(client, sockets[0].getsockname()), 10)
@@ -96,3 +114,188 @@ def test_streams_relaying_to_each_other_are_freed_without_the_garbage_collector(
         assert _streams_alive() == 0
     finally:
         gc.enable()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue that the peer has not acknowledged."""
+    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
+
+
+class OneWay:
+    """A relay's two streams, one direction (`source` to `sink`), handled as the balancer's
+    session handles them: backpressure from the sink pauses the source, the source's EOF is
+    passed on as a half-close, and when either is lost the other is closed once it has sent
+    what it holds."""
+
+    def __init__(self) -> None:
+        self.source: stream.Stream | None = None
+        self.sink: stream.Stream | None = None
+        self.lost: dict[str, Exception | None] = {}
+        self.both_lost = asyncio.Event()
+
+
+class Side(asyncio.Protocol):
+    def __init__(self, relay: OneWay, source: bool) -> None:
+        self.relay = relay
+        self.source = source
+
+    def pause_writing(self) -> None:  # (the sink's)
+        assert self.relay.source is not None
+        self.relay.source.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.relay.source is not None
+        self.relay.source.resume_reading()
+
+    def eof_received(self) -> bool:
+        if self.source:
+            assert self.relay.sink is not None
+            self.relay.sink.write_eof()
+            return True
+        return False  # (the receiving peer closed)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        relay = self.relay
+        relay.lost["source" if self.source else "sink"] = exc
+        other = relay.sink if self.source else relay.source
+        assert other is not None
+        other.close()
+        if len(relay.lost) == 2:
+            relay.both_lost.set()
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        raise AssertionError("a relayed chunk reached the handler")
+
+
+async def _one_way(
+    sink_options: Iterable[SocketOption] = (),
+) -> tuple[OneWay, socket.socket, socket.socket]:
+    """A relay from one accepted connection to another; the handler and the two peers (the
+    one that sends, the one that receives)."""
+    loop = asyncio.get_running_loop()
+    (source_sock, sender), (sink_sock, receiver) = await _accept_one(), await _accept_one(
+        sink_options
+    )
+    relay = OneWay()
+    relay.source = stream.Stream(loop, source_sock, Side(relay, source=True))
+    relay.sink = stream.Stream(loop, sink_sock, Side(relay, source=False))
+    relay.source.target = relay.sink
+    relay.source.start()
+    relay.sink.start()
+    return relay, sender, receiver
+
+
+async def _receive_all(receiver: socket.socket, chunk: int = 65536) -> bytes:
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    while data := await asyncio.wait_for(loop.sock_recv(receiver, chunk), 10):
+        received += data
+    return bytes(received)
+
+
+def test_bulk_relay_splices_through_a_pipe_loses_nothing_and_gives_it_back() -> None:
+    # 16 MiB toward a slow reader: past the first large read the bytes go through a pipe, the
+    # pipe fills (backpressure pauses the source), the half-close follows the last byte.
+    payload = hashlib.sha256(b"bulk").digest() * (16 * 1024 * 1024 // 32)
+
+    async def main() -> tuple[bytes, int, int]:
+        loop = asyncio.get_running_loop()
+        before = stream.PIPES.spliced
+        handler, sender, receiver = await _one_way(SLOW_READER)
+        assert handler.source is not None and handler.sink is not None
+        try:
+
+            async def send() -> None:
+                await loop.sock_sendall(sender, payload)
+                sender.shutdown(socket.SHUT_WR)
+
+            sending = asyncio.ensure_future(send())
+            received = await _receive_all(receiver, 4096)
+            await asyncio.wait_for(sending, 10)
+            spliced = stream.PIPES.spliced - before
+            return received, spliced, handler.sink.get_write_buffer_size()
+        finally:
+            sender.close()
+            receiver.close()
+            await asyncio.wait_for(handler.both_lost.wait(), 10)
+
+    descriptors = _open_descriptors()
+    received, spliced, left = asyncio.run(main())
+    assert len(received) == len(payload) and received == payload
+    assert spliced >= len(payload) // 2, f"only {spliced} of {len(payload)} bytes spliced"
+    assert left == 0
+    # Every pipe is closed: no descriptor is left over.
+    assert stream.PIPES.open == 0
+    assert _open_descriptors() == descriptors
+
+
+def test_reset_after_the_last_byte_still_delivers_what_the_pipe_holds() -> None:
+    # The sender's bytes are all acknowledged, then it resets, while some of them wait in the
+    # relay's pipe toward a slow reader: they are delivered, then a close.
+    payload = hashlib.sha256(b"reset").digest() * (1024 * 1024 // 32)
+
+    async def main() -> tuple[bytes, int, dict[str, Exception | None]]:
+        loop = asyncio.get_running_loop()
+        before = stream.PIPES.spliced
+        handler, sender, receiver = await _one_way(SLOW_READER)
+        assert handler.sink is not None
+        received = bytearray()
+        try:
+            sending = asyncio.ensure_future(loop.sock_sendall(sender, payload))
+            # Read slowly until everything sent is acknowledged and the pipe holds some.
+            deadline = loop.time() + 10
+            while not (sending.done() and not _unsent(sender) and handler.sink._piped()):
+                assert loop.time() < deadline, "never all acknowledged with the pipe in use"
+                received += await asyncio.wait_for(loop.sock_recv(receiver, 4096), 10)
+            await sending
+            sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sender.close()  # a reset
+            received += await _receive_all(receiver)
+            await asyncio.wait_for(handler.both_lost.wait(), 10)
+            return bytes(received), stream.PIPES.spliced - before, handler.lost
+        finally:
+            sender.close()
+            receiver.close()
+
+    received, spliced, lost = asyncio.run(main())
+    assert len(received) == len(payload), f"{len(payload) - len(received)} bytes lost"
+    assert received == payload
+    assert spliced > 0
+    assert isinstance(lost["source"], ConnectionResetError)
+    assert lost["sink"] is None  # (closed once it had sent everything)
+    assert stream.PIPES.open == 0
+
+
+def test_small_reads_after_a_bulk_transfer_are_copied_again() -> None:
+    # A large read switches a direction to splicing, a small one back: a keep-alive
+    # connection that carried one download does not hold a pipe for the rest of its life.
+    async def main() -> tuple[int, bool, bytes]:
+        loop = asyncio.get_running_loop()
+        before = stream.PIPES.spliced
+        handler, sender, receiver = await _one_way()
+        assert handler.sink is not None
+        try:
+            bulk = b"x" * (4 * 1024 * 1024)
+            await asyncio.wait_for(loop.sock_sendall(sender, bulk), 10)
+            got = 0
+            while got < len(bulk):
+                got += len(await asyncio.wait_for(loop.sock_recv(receiver, 1 << 20), 10))
+            spliced = stream.PIPES.spliced - before
+            await loop.sock_sendall(sender, b"ping")
+            answer = await asyncio.wait_for(loop.sock_recv(receiver, 100), 10)
+            await loop.sock_sendall(sender, b"pong")  # (copied: no pipe now)
+            answer += await asyncio.wait_for(loop.sock_recv(receiver, 100), 10)
+            return spliced, handler.sink.pipe is None, answer
+        finally:
+            sender.close()
+            receiver.close()
+            await asyncio.wait_for(handler.both_lost.wait(), 10)
+
+    spliced, released, answer = asyncio.run(main())
+    assert spliced > 0, "the bulk transfer never took a pipe"
+    assert released, "the pipe was kept after a small read"
+    assert answer == b"pingpong"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from balancer import stream
 from balancer.admin import Admin, AdminError
 from balancer.config import Address, Config, ConfigError, ServiceConfig, load_config
 from balancer.logs import EventLog, route_python_logging
@@ -338,11 +339,12 @@ RESERVED_DESCRIPTORS = 64  # for the log, health checks, the admin API and liste
 
 
 def connection_budget() -> int:
-    """Relayed connections this process can hold: two descriptors each."""
+    """Relayed connections this process can hold: two descriptors each, beside the reserve
+    and the pipes that bulk transfers splice through (see stream.PIPES)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 0
-    return max(1, (soft - RESERVED_DESCRIPTORS) // 2)
+    return max(1, (soft - RESERVED_DESCRIPTORS - 2 * stream.pipe_limit()) // 2)
 
 
 def raise_descriptor_limit(log: EventLog) -> None:
@@ -357,7 +359,7 @@ def raise_descriptor_limit(log: EventLog) -> None:
     log.event(
         "limits",
         f"open-file limit {hard} (was {soft}): at most {connection_budget()} relayed connections "
-        "per process",
+        f"per process, and {stream.pipe_limit()} pipes to splice bulk transfers through",
     )
 
 

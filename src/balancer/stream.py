@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
+import resource
 import select
 import socket
 import sys
@@ -45,6 +47,14 @@ _READ = select.EPOLLIN
 _WRITE = select.EPOLLOUT
 _TROUBLE = select.EPOLLERR | select.EPOLLHUP  # delivered to whichever side is watched
 POLL_BATCH = 1024  # ready sockets served per wake-up of the loop
+
+# Bulk transfers move through a pipe with splice(2): the kernel hands the pages on, and they are
+# never copied into this process and back. A stream relaying to another switches to splicing
+# after a read of SPLICE_FROM bytes or more, and back to copying when a read through the pipe
+# brings less (small chunks cost less copied than spliced).
+SPLICE_FROM = 64 * 1024
+PIPE_SIZE = 1024 * 1024  # asked of the kernel for each pipe (Linux's default cap, pipe-max-size)
+MAX_PIPES = 256  # open at once in a process (and never more than a sixteenth of its descriptors)
 # The clock of asyncio's loop (uvloop's loop.time() is the same clock in millisecond steps).
 _clock = time.monotonic
 
@@ -139,6 +149,67 @@ def poller(loop: asyncio.AbstractEventLoop) -> Poller:
     return found
 
 
+class Pipe:
+    """A pipe between two sockets: what was spliced in from one and not yet out to the other."""
+
+    __slots__ = ("held", "r", "w")
+
+    def __init__(self, r: int, w: int) -> None:
+        self.r = r
+        self.w = w
+        self.held = 0  # bytes in the pipe
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+class Pipes:
+    """The pipes open in this process, at most `pipe_limit()` of them."""
+
+    def __init__(self) -> None:
+        self.limit: int | None = None  # (worked out at the first use, past start-up)
+        self.open = 0
+        self.spliced = 0  # bytes moved through pipes, in all
+
+    def take(self) -> Pipe | None:
+        """A new pipe, or None when splicing cannot be had (the cap, descriptors, or a kernel
+        that will not grow the pipe): the stream then copies, as before."""
+        if self.limit is None:
+            self.limit = pipe_limit()
+        if self.open >= self.limit:
+            return None
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        pipe = Pipe(r, w)
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:  # (past pipe-max-size or the user's pipe pages: too small to gain)
+            pipe.close()
+            return None
+        self.open += 1
+        return pipe
+
+    def release(self, pipe: Pipe) -> None:
+        """Close a pipe taken (what it still holds is dropped)."""
+        self.open -= 1
+        pipe.close()
+
+
+def pipe_limit() -> int:
+    """Pipes this process may hold open (two descriptors each, which the connection budget
+    leaves them): none with BALANCER_SPLICE=off."""
+    if os.environ.get("BALANCER_SPLICE") == "off":
+        return 0
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_PIPES if soft == resource.RLIM_INFINITY else min(MAX_PIPES, soft // 16)
+
+
+PIPES = Pipes()
+
+
 class Handler(Protocol):
     """What a Stream serves: asyncio.Protocol's callbacks, but `data_received` gets a view
     of the shared read buffer, valid only until it returns (copy what must be kept)."""
@@ -182,6 +253,7 @@ class Stream(asyncio.Transport):
         "lost",
         "paused",
         "peer",
+        "pipe",
         "poller",
         "protocol",
         "protocol_paused",
@@ -220,6 +292,7 @@ class Stream(asyncio.Transport):
         self.received = 0  # bytes read from the socket
         self.heard = 0.0  # loop time of the last read (or as the handler resets it)
         self.target: Stream | None = None  # where reads go, instead of the handler
+        self.pipe: Pipe | None = None  # spliced bytes for this socket, after `buffer`
 
     def start(self) -> None:
         """Call the protocol's `connection_made`, then read unless it paused or closed us."""
@@ -235,6 +308,10 @@ class Stream(asyncio.Transport):
     # -- reading ----------------------------------------------------------------------------
 
     def _read_ready(self, now: float) -> None:
+        target = self.target
+        if target is not None and target.pipe is not None and not target.buffer:
+            self._splice_ready(target, target.pipe, now)
+            return
         try:
             size = self.sock.recv_into(_BUFFER)
         except _AGAIN:
@@ -248,7 +325,6 @@ class Stream(asyncio.Transport):
             if size:
                 self.received += size
                 self.heard = now
-                target = self.target
                 if target is None:
                     protocol.data_received(_VIEW[:size])
                 elif target.buffer or target.lost or target.eof_out:
@@ -265,6 +341,8 @@ class Stream(asyncio.Transport):
                         return
                     if sent < size:
                         target._keep(bytes(_VIEW[sent:size]))
+                    if size >= SPLICE_FROM:
+                        target.pipe = PIPES.take()  # (the next reads splice, if one is had)
                 return
             self.eof_in = True
             if not protocol.eof_received():
@@ -274,6 +352,45 @@ class Stream(asyncio.Transport):
             return
         if not self.lost:  # (a closed stream needs no epoll_ctl: see _schedule_lost)
             self._stop_reading()
+
+    def _splice_ready(self, target: Stream, pipe: Pipe, now: float) -> None:
+        """Read into the target's pipe and splice on what its socket takes (see SPLICE_FROM).
+
+        The pipe is the target's write buffer: the source is paused only once it is full,
+        and resumed when the target has sent all but LOW_WATER of it.
+        """
+        try:
+            size = os.splice(self.fd, pipe.w, PIPE_SIZE, flags=os.SPLICE_F_NONBLOCK)
+        except _AGAIN:
+            if pipe.held:
+                # Or the pipe is full, and the readable socket would wake us again at once:
+                # backpressure, until the target has sent most of it (see LOW_WATER).
+                target._pause_protocol()
+            return
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        if not size:
+            self.eof_in = True
+            protocol = self.protocol
+            assert protocol is not None
+            try:
+                if not protocol.eof_received():
+                    self.close()
+            except Exception as exc:
+                self._handler_failed(exc)
+                return
+            if not self.lost:
+                self._stop_reading()
+            return
+        self.received += size
+        self.heard = now
+        pipe.held += size
+        PIPES.spliced += size
+        target._splice_out(pipe)
+        if size < SPLICE_FROM and target.pipe is pipe and not pipe.held:
+            target.pipe = None  # (small reads again: copy them)
+            PIPES.release(pipe)
 
     def guard(self) -> None:
         """While this stream is neither read nor written (a client paused until its backend
@@ -351,7 +468,24 @@ class Stream(asyncio.Transport):
             self.poller.watch(self, self.reading, True)
         self.buffer.append(rest)
         self.buffered += len(rest)
-        if self.buffered > HIGH_WATER and not self.protocol_paused and self.protocol:
+        if self.buffered > HIGH_WATER:
+            self._pause_protocol()
+
+    def _splice_out(self, pipe: Pipe) -> None:
+        """Send what the pipe holds; the rest waits for the socket to be writable."""
+        try:
+            pipe.held -= os.splice(pipe.r, self.fd, pipe.held, flags=os.SPLICE_F_NONBLOCK)
+        except _AGAIN:
+            pass
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        if pipe.held and not self.writing:
+            self.writing = True
+            self.poller.watch(self, self.reading, True)
+
+    def _pause_protocol(self) -> None:
+        if not self.protocol_paused and self.protocol:
             self.protocol_paused = True
             self.protocol.pause_writing()
 
@@ -371,14 +505,20 @@ class Stream(asyncio.Transport):
                 buffer[0] = memoryview(data)[sent:]
                 break
             del buffer[0]
-        if self.protocol_paused and self.buffered <= LOW_WATER and self.protocol:
+        pipe = self.pipe
+        if pipe is not None and pipe.held and not buffer:
+            self._splice_out(pipe)
+            if self.lost:
+                return
+        piped = pipe.held if pipe is not None else 0
+        if self.protocol_paused and self.buffered + piped <= LOW_WATER and self.protocol:
             self.protocol_paused = False
             try:
                 self.protocol.resume_writing()
             except Exception as exc:
                 self._handler_failed(exc)
                 return
-        if buffer or self.lost:
+        if buffer or piped or self.lost:
             return
         if self.closing:
             self._schedule_lost(None)
@@ -396,8 +536,12 @@ class Stream(asyncio.Transport):
         if self.eof_out or self.closing:
             return
         self.eof_out = True
-        if not self.buffer:
+        if not self.buffer and (self.pipe is None or not self.pipe.held):
             self._shutdown()
+
+    def _piped(self) -> int:
+        """Bytes waiting in the pipe (after those in `buffer`)."""
+        return self.pipe.held if self.pipe is not None else 0
 
     def _shutdown(self) -> None:
         try:
@@ -409,7 +553,7 @@ class Stream(asyncio.Transport):
         return True
 
     def get_write_buffer_size(self) -> int:
-        return self.buffered
+        return self.buffered + self._piped()
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -421,7 +565,7 @@ class Stream(asyncio.Transport):
         if self.closing:
             return
         self.closing = True
-        if self.buffer:
+        if self.buffer or (self.pipe is not None and self.pipe.held):
             self._stop_reading()
         else:
             self._schedule_lost(None)
@@ -442,6 +586,9 @@ class Stream(asyncio.Transport):
         """Stop serving the socket; on the loop's next turn, tell the handler and close it."""
         if not self.lost:
             self.lost = True
+            if self.pipe is not None:  # (what a forced close leaves in it is dropped)
+                PIPES.release(self.pipe)
+                self.pipe = None
             # No epoll_ctl: closing the socket unregisters it, and events that come before
             # that find the stream forgotten.
             self.reading = self.writing = False
