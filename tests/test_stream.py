@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import gc
-import hashlib
 import os
+import random
 import socket
 import struct
 import termios
 from collections.abc import Iterable
+
+import pytest
 
 from balancer import stream
 
@@ -116,8 +118,9 @@ def test_streams_relaying_to_each_other_are_freed_without_the_garbage_collector(
         gc.enable()
 
 
-def _open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _descriptors_but_kept_pipes() -> int:
+    """This process's open descriptors, but for those of the empty pipes kept for reuse."""
+    return len(os.listdir("/proc/self/fd")) - 2 * len(stream.PIPES.free)
 
 
 def _unsent(sock: socket.socket) -> int:
@@ -200,7 +203,7 @@ async def _receive_all(receiver: socket.socket, chunk: int = 65536) -> bytes:
 def test_bulk_relay_splices_through_a_pipe_loses_nothing_and_gives_it_back() -> None:
     # 16 MiB toward a slow reader: past the first large read the bytes go through a pipe, the
     # pipe fills (backpressure pauses the source), the half-close follows the last byte.
-    payload = hashlib.sha256(b"bulk").digest() * (16 * 1024 * 1024 // 32)
+    payload = random.Random(1).randbytes(16 * 1024 * 1024)
 
     async def main() -> tuple[bytes, int, int]:
         loop = asyncio.get_running_loop()
@@ -223,20 +226,21 @@ def test_bulk_relay_splices_through_a_pipe_loses_nothing_and_gives_it_back() -> 
             receiver.close()
             await asyncio.wait_for(handler.both_lost.wait(), 10)
 
-    descriptors = _open_descriptors()
+    descriptors = _descriptors_but_kept_pipes()
     received, spliced, left = asyncio.run(main())
     assert len(received) == len(payload) and received == payload
     assert spliced >= len(payload) // 2, f"only {spliced} of {len(payload)} bytes spliced"
     assert left == 0
-    # Every pipe is closed: no descriptor is left over.
-    assert stream.PIPES.open == 0
-    assert _open_descriptors() == descriptors
+    # Every pipe is given back (closed, or kept empty for the next transfer), and no other
+    # descriptor is left over.
+    assert stream.PIPES.open == len(stream.PIPES.free)
+    assert _descriptors_but_kept_pipes() == descriptors
 
 
 def test_reset_after_the_last_byte_still_delivers_what_the_pipe_holds() -> None:
     # The sender's bytes are all acknowledged, then it resets, while some of them wait in the
     # relay's pipe toward a slow reader: they are delivered, then a close.
-    payload = hashlib.sha256(b"reset").digest() * (1024 * 1024 // 32)
+    payload = random.Random(2).randbytes(1024 * 1024)
 
     async def main() -> tuple[bytes, int, dict[str, Exception | None]]:
         loop = asyncio.get_running_loop()
@@ -267,7 +271,7 @@ def test_reset_after_the_last_byte_still_delivers_what_the_pipe_holds() -> None:
     assert spliced > 0
     assert isinstance(lost["source"], ConnectionResetError)
     assert lost["sink"] is None  # (closed once it had sent everything)
-    assert stream.PIPES.open == 0
+    assert stream.PIPES.open == len(stream.PIPES.free)
 
 
 def test_small_reads_after_a_bulk_transfer_are_copied_again() -> None:
@@ -279,7 +283,7 @@ def test_small_reads_after_a_bulk_transfer_are_copied_again() -> None:
         handler, sender, receiver = await _one_way()
         assert handler.sink is not None
         try:
-            bulk = b"x" * (4 * 1024 * 1024)
+            bulk = random.Random(3).randbytes(4 * 1024 * 1024)
             await asyncio.wait_for(loop.sock_sendall(sender, bulk), 10)
             got = 0
             while got < len(bulk):
@@ -299,3 +303,58 @@ def test_small_reads_after_a_bulk_transfer_are_copied_again() -> None:
     assert spliced > 0, "the bulk transfer never took a pipe"
     assert released, "the pipe was kept after a small read"
     assert answer == b"pingpong"
+
+
+async def _send_urgent(sock: socket.socket, byte: bytes) -> None:
+    """Send one byte as TCP urgent data (MSG_OOB), once the socket takes it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            sock.send(byte, socket.MSG_OOB)
+            return
+        except BlockingIOError:
+            writable = loop.create_future()
+            loop.add_writer(sock.fileno(), writable.set_result, None)
+            try:
+                await asyncio.wait_for(writable, 10)
+            finally:
+                loop.remove_writer(sock.fileno())
+
+
+@pytest.mark.parametrize("eof", ["at once", "once all arrived"])
+def test_urgent_data_in_a_spliced_stream_loses_nothing_after_it(eof: str) -> None:
+    # splice stops at TCP's urgent mark: it fails with EAGAIN for ever while the socket stays
+    # readable, or, once the peer's EOF is in, returns 0 as at the end. recv steps over the
+    # urgent byte (as it always did here), and a spliced stream falls back to it: the bytes
+    # after the mark arrive, and are not taken for the end.
+    before, after = random.Random(4).randbytes(256 * 1024), random.Random(5).randbytes(256 * 1024)
+
+    async def main() -> tuple[bytes, int]:
+        loop = asyncio.get_running_loop()
+        spliced = stream.PIPES.spliced
+        relay, sender, receiver = await _one_way()
+        try:
+            await loop.sock_sendall(sender, before)
+            await _send_urgent(sender, b"!")
+            await loop.sock_sendall(sender, after)
+            if eof == "at once":
+                sender.shutdown(socket.SHUT_WR)
+            received = bytearray()
+            while len(received) < len(before) + len(after):
+                chunk = await asyncio.wait_for(loop.sock_recv(receiver, 65536), 10)
+                assert chunk, f"the end came after {len(received)} bytes"
+                received += chunk
+            if eof != "at once":
+                sender.shutdown(socket.SHUT_WR)
+            received += await _receive_all(receiver)
+            return bytes(received), stream.PIPES.spliced - spliced
+        finally:
+            sender.close()
+            receiver.close()
+            await asyncio.wait_for(relay.both_lost.wait(), 10)
+
+    received, spliced = asyncio.run(main())
+    assert spliced > 0, "the stream never spliced"
+    assert len(received) == len(before) + len(after)
+    assert received == before + after
+    assert stream.PIPES.open == len(stream.PIPES.free)

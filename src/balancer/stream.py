@@ -49,12 +49,15 @@ _TROUBLE = select.EPOLLERR | select.EPOLLHUP  # delivered to whichever side is w
 POLL_BATCH = 1024  # ready sockets served per wake-up of the loop
 
 # Bulk transfers move through a pipe with splice(2): the kernel hands the pages on, and they are
-# never copied into this process and back. A stream relaying to another switches to splicing
-# after a read of SPLICE_FROM bytes or more, and back to copying when a read through the pipe
-# brings less (small chunks cost less copied than spliced).
-SPLICE_FROM = 64 * 1024
+# never copied into this process and back. A direction of a relay starts splicing after a read
+# of SPLICE_FROM bytes or more, and copies again after a read of less than COPY_BELOW (small
+# chunks cost less copied than spliced). A pipe is held only while it holds bytes.
+SPLICE_FROM = 32 * 1024
+COPY_BELOW = 4 * 1024
 PIPE_SIZE = 1024 * 1024  # asked of the kernel for each pipe (Linux's default cap, pipe-max-size)
 MAX_PIPES = 256  # open at once in a process (and never more than a sixteenth of its descriptors)
+KEPT_PIPES = 16  # empty pipes kept open for the next transfer
+PIPE_REFUSED_WAIT = 10.0  # seconds without new pipes after the kernel would not grow one
 # The clock of asyncio's loop (uvloop's loop.time() is the same clock in millisecond steps).
 _clock = time.monotonic
 
@@ -165,19 +168,23 @@ class Pipe:
 
 
 class Pipes:
-    """The pipes open in this process, at most `pipe_limit()` of them."""
+    """The pipes of this process: at most `pipe_limit()` open, the empty ones kept for reuse."""
 
     def __init__(self) -> None:
         self.limit: int | None = None  # (worked out at the first use, past start-up)
         self.open = 0
+        self.free: list[Pipe] = []
+        self.refused_until = 0.0  # (see take)
         self.spliced = 0  # bytes moved through pipes, in all
 
     def take(self) -> Pipe | None:
-        """A new pipe, or None when splicing cannot be had (the cap, descriptors, or a kernel
-        that will not grow the pipe): the stream then copies, as before."""
+        """An empty pipe, or None when none can be had (the cap, descriptors, or a kernel that
+        will not grow one): the stream then copies, as without pipes."""
+        if self.free:
+            return self.free.pop()
         if self.limit is None:
             self.limit = pipe_limit()
-        if self.open >= self.limit:
+        if self.open >= self.limit or (self.refused_until and _clock() < self.refused_until):
             return None
         try:
             r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -186,22 +193,29 @@ class Pipes:
         pipe = Pipe(r, w)
         try:
             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:  # (past pipe-max-size or the user's pipe pages: too small to gain)
+        except OSError:
+            # Past pipe-max-size, or past the user's pipe pages (fs.pipe-user-pages-soft, for a
+            # user without CAP_SYS_RESOURCE): too small to gain, and asking again at every
+            # transfer would cost four system calls each time.
             pipe.close()
+            self.refused_until = _clock() + PIPE_REFUSED_WAIT
             return None
         self.open += 1
         return pipe
 
     def release(self, pipe: Pipe) -> None:
-        """Close a pipe taken (what it still holds is dropped)."""
-        self.open -= 1
-        pipe.close()
+        """Keep an empty pipe for reuse (up to KEPT_PIPES); close any other."""
+        if not pipe.held and len(self.free) < KEPT_PIPES:
+            self.free.append(pipe)
+        else:
+            self.open -= 1
+            pipe.close()
 
 
 def pipe_limit() -> int:
     """Pipes this process may hold open (two descriptors each, which the connection budget
     leaves them): none with BALANCER_SPLICE=off."""
-    if os.environ.get("BALANCER_SPLICE") == "off":
+    if os.environ.get("BALANCER_SPLICE", "").lower() in ("off", "0", "no", "false"):
         return 0
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return MAX_PIPES if soft == resource.RLIM_INFINITY else min(MAX_PIPES, soft // 16)
@@ -260,6 +274,7 @@ class Stream(asyncio.Transport):
         "reading",
         "received",
         "sock",
+        "splicing",
         "target",
         "writing",
     )
@@ -292,7 +307,9 @@ class Stream(asyncio.Transport):
         self.received = 0  # bytes read from the socket
         self.heard = 0.0  # loop time of the last read (or as the handler resets it)
         self.target: Stream | None = None  # where reads go, instead of the handler
-        self.pipe: Pipe | None = None  # spliced bytes for this socket, after `buffer`
+        self.splicing = False  # what is relayed to this stream goes through a pipe
+        # Spliced bytes for this socket (only while it holds some, and then `buffer` is empty).
+        self.pipe: Pipe | None = None
 
     def start(self) -> None:
         """Call the protocol's `connection_made`, then read unless it paused or closed us."""
@@ -309,8 +326,12 @@ class Stream(asyncio.Transport):
 
     def _read_ready(self, now: float) -> None:
         target = self.target
-        if target is not None and target.pipe is not None and not target.buffer:
-            self._splice_ready(target, target.pipe, now)
+        if (
+            target is not None
+            and target.splicing
+            and not target.buffer
+            and self._splice_ready(target, now)
+        ):
             return
         try:
             size = self.sock.recv_into(_BUFFER)
@@ -329,6 +350,8 @@ class Stream(asyncio.Transport):
                     protocol.data_received(_VIEW[:size])
                 elif target.buffer or target.lost or target.eof_out:
                     target.write(_VIEW[:size])
+                    if size >= SPLICE_FROM and target.buffer:
+                        target.splicing = True  # (once the buffer is sent)
                 else:
                     # target.write, unrolled for the usual case (a call per chunk is 6% of a
                     # keep-alive request's instructions): the other socket takes it all.
@@ -342,7 +365,7 @@ class Stream(asyncio.Transport):
                     if sent < size:
                         target._keep(bytes(_VIEW[sent:size]))
                     if size >= SPLICE_FROM:
-                        target.pipe = PIPES.take()  # (the next reads splice, if one is had)
+                        target.splicing = True
                 return
             self.eof_in = True
             if not protocol.eof_received():
@@ -353,44 +376,57 @@ class Stream(asyncio.Transport):
         if not self.lost:  # (a closed stream needs no epoll_ctl: see _schedule_lost)
             self._stop_reading()
 
-    def _splice_ready(self, target: Stream, pipe: Pipe, now: float) -> None:
-        """Read into the target's pipe and splice on what its socket takes (see SPLICE_FROM).
+    def _splice_ready(self, target: Stream, now: float) -> bool:
+        """Read into the target's pipe, and send on what its socket takes (see SPLICE_FROM);
+        False if this read is to be copied instead.
 
-        The pipe is the target's write buffer: the source is paused only once it is full,
-        and resumed when the target has sent all but LOW_WATER of it.
+        The pipe is the target's write buffer, after `buffer`: while the target waits to
+        send, what is read is only added to it; the source is paused once it is full, and
+        resumed when the target has sent all but LOW_WATER of it.
         """
+        pipe = target.pipe
+        if pipe is None:
+            pipe = PIPES.take()
+            if pipe is None:
+                return False
+            target.pipe = pipe
         try:
             size = os.splice(self.fd, pipe.w, PIPE_SIZE, flags=os.SPLICE_F_NONBLOCK)
         except _AGAIN:
-            if pipe.held:
-                # Or the pipe is full, and the readable socket would wake us again at once:
-                # backpressure, until the target has sent most of it (see LOW_WATER).
-                target._pause_protocol()
-            return
+            size = 0
         except OSError as exc:
+            if not pipe.held:
+                target._drop_pipe()
             self._force_close(exc)
-            return
+            return True
         if not size:
-            self.eof_in = True
-            protocol = self.protocol
-            assert protocol is not None
-            try:
-                if not protocol.eof_received():
-                    self.close()
-            except Exception as exc:
-                self._handler_failed(exc)
-                return
-            if not self.lost:
-                self._stop_reading()
-            return
-        self.received += size
-        self.heard = now
-        pipe.held += size
-        PIPES.spliced += size
-        target._splice_out(pipe)
-        if size < SPLICE_FROM and target.pipe is pipe and not pipe.held:
-            target.pipe = None  # (small reads again: copy them)
-            PIPES.release(pipe)
+            # The pipe is full; or the peer's EOF; or nothing to read after all; or urgent
+            # data (TCP's out-of-band byte), where splice stops for good, returning nothing,
+            # while recv steps over it. recv tells which, once the pipe has sent what it holds.
+            if pipe.held:
+                try:
+                    target._pause_protocol()
+                except Exception as exc:
+                    self._handler_failed(exc)
+                return True
+            target._drop_pipe()
+            return False
+        try:
+            self.received += size
+            self.heard = now
+            PIPES.spliced += size
+            pipe.held += size
+            if not target.writing:
+                target._splice_out(pipe)
+            if pipe.held >= PIPE_SIZE:
+                target._pause_protocol()
+            elif size < COPY_BELOW and target.pipe is None:
+                # Small reads again: copy them. (Not while the pipe holds bytes: what is read
+                # next must go after them.)
+                target.splicing = False
+        except Exception as exc:
+            self._handler_failed(exc)
+        return True
 
     def guard(self) -> None:
         """While this stream is neither read nor written (a client paused until its backend
@@ -444,6 +480,9 @@ class Stream(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.eof_out:
             raise RuntimeError("write() after write_eof()")
+        # (Spliced bytes waiting in a pipe would have to go first; only a stream relaying to
+        # this one splices, and it never writes while the pipe holds them.)
+        assert self.pipe is None
         if self.lost or not data:
             return
         sent = 0
@@ -472,7 +511,8 @@ class Stream(asyncio.Transport):
             self._pause_protocol()
 
     def _splice_out(self, pipe: Pipe) -> None:
-        """Send what the pipe holds; the rest waits for the socket to be writable."""
+        """Send what the pipe holds: the rest waits for the socket to be writable, and a pipe
+        left empty is given back."""
         try:
             pipe.held -= os.splice(pipe.r, self.fd, pipe.held, flags=os.SPLICE_F_NONBLOCK)
         except _AGAIN:
@@ -480,9 +520,17 @@ class Stream(asyncio.Transport):
         except OSError as exc:
             self._force_close(exc)
             return
-        if pipe.held and not self.writing:
+        if not pipe.held:
+            self._drop_pipe()
+        elif not self.writing:
             self.writing = True
             self.poller.watch(self, self.reading, True)
+
+    def _drop_pipe(self) -> None:
+        pipe = self.pipe
+        if pipe is not None:
+            self.pipe = None
+            PIPES.release(pipe)
 
     def _pause_protocol(self) -> None:
         if not self.protocol_paused and self.protocol:
@@ -506,11 +554,11 @@ class Stream(asyncio.Transport):
                 break
             del buffer[0]
         pipe = self.pipe
-        if pipe is not None and pipe.held and not buffer:
+        if pipe is not None and not buffer:
             self._splice_out(pipe)
             if self.lost:
                 return
-        piped = pipe.held if pipe is not None else 0
+        piped = self._piped()
         if self.protocol_paused and self.buffered + piped <= LOW_WATER and self.protocol:
             self.protocol_paused = False
             try:
@@ -536,7 +584,7 @@ class Stream(asyncio.Transport):
         if self.eof_out or self.closing:
             return
         self.eof_out = True
-        if not self.buffer and (self.pipe is None or not self.pipe.held):
+        if not self.buffer and self.pipe is None:
             self._shutdown()
 
     def _piped(self) -> int:
@@ -565,7 +613,7 @@ class Stream(asyncio.Transport):
         if self.closing:
             return
         self.closing = True
-        if self.buffer or (self.pipe is not None and self.pipe.held):
+        if self.buffer or self.pipe is not None:
             self._stop_reading()
         else:
             self._schedule_lost(None)
@@ -586,9 +634,9 @@ class Stream(asyncio.Transport):
         """Stop serving the socket; on the loop's next turn, tell the handler and close it."""
         if not self.lost:
             self.lost = True
-            if self.pipe is not None:  # (what a forced close leaves in it is dropped)
-                PIPES.release(self.pipe)
-                self.pipe = None
+            self.splicing = False
+            if self.pipe is not None:
+                self._drop_pipe()  # (what a forced close leaves in it is dropped)
             # No epoll_ctl: closing the socket unregisters it, and events that come before
             # that find the stream forgotten.
             self.reading = self.writing = False
