@@ -201,15 +201,15 @@ async def _receive_all(receiver: socket.socket, chunk: int = 65536) -> bytes:
 
 
 def test_bulk_relay_splices_through_a_pipe_loses_nothing_and_gives_it_back() -> None:
-    # 16 MiB toward a slow reader: past the first large read the bytes go through a pipe, the
+    # 8 MiB toward a slow reader: past the first large read the bytes go through a pipe, the
     # pipe fills (backpressure pauses the source), the half-close follows the last byte.
-    payload = random.Random(1).randbytes(16 * 1024 * 1024)
+    payload = random.Random(1).randbytes(8 * 1024 * 1024)
 
     async def main() -> tuple[bytes, int, int]:
         loop = asyncio.get_running_loop()
         before = stream.PIPES.spliced
-        handler, sender, receiver = await _one_way(SLOW_READER)
-        assert handler.source is not None and handler.sink is not None
+        relay, sender, receiver = await _one_way(SLOW_READER)
+        assert relay.source is not None and relay.sink is not None
         try:
 
             async def send() -> None:
@@ -220,11 +220,11 @@ def test_bulk_relay_splices_through_a_pipe_loses_nothing_and_gives_it_back() -> 
             received = await _receive_all(receiver, 4096)
             await asyncio.wait_for(sending, 10)
             spliced = stream.PIPES.spliced - before
-            return received, spliced, handler.sink.get_write_buffer_size()
+            return received, spliced, relay.sink.get_write_buffer_size()
         finally:
             sender.close()
             receiver.close()
-            await asyncio.wait_for(handler.both_lost.wait(), 10)
+            await asyncio.wait_for(relay.both_lost.wait(), 10)
 
     descriptors = _descriptors_but_kept_pipes()
     received, spliced, left = asyncio.run(main())
@@ -245,22 +245,22 @@ def test_reset_after_the_last_byte_still_delivers_what_the_pipe_holds() -> None:
     async def main() -> tuple[bytes, int, dict[str, Exception | None]]:
         loop = asyncio.get_running_loop()
         before = stream.PIPES.spliced
-        handler, sender, receiver = await _one_way(SLOW_READER)
-        assert handler.sink is not None
+        relay, sender, receiver = await _one_way(SLOW_READER)
+        assert relay.sink is not None
         received = bytearray()
         try:
             sending = asyncio.ensure_future(loop.sock_sendall(sender, payload))
             # Read slowly until everything sent is acknowledged and the pipe holds some.
             deadline = loop.time() + 10
-            while not (sending.done() and not _unsent(sender) and handler.sink._piped()):
+            while not (sending.done() and not _unsent(sender) and relay.sink._piped()):
                 assert loop.time() < deadline, "never all acknowledged with the pipe in use"
                 received += await asyncio.wait_for(loop.sock_recv(receiver, 4096), 10)
             await sending
             sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sender.close()  # a reset
             received += await _receive_all(receiver)
-            await asyncio.wait_for(handler.both_lost.wait(), 10)
-            return bytes(received), stream.PIPES.spliced - before, handler.lost
+            await asyncio.wait_for(relay.both_lost.wait(), 10)
+            return bytes(received), stream.PIPES.spliced - before, relay.lost
         finally:
             sender.close()
             receiver.close()
@@ -276,12 +276,12 @@ def test_reset_after_the_last_byte_still_delivers_what_the_pipe_holds() -> None:
 
 def test_small_reads_after_a_bulk_transfer_are_copied_again() -> None:
     # A large read switches a direction to splicing, a small one back: a keep-alive
-    # connection that carried one download does not hold a pipe for the rest of its life.
-    async def main() -> tuple[int, bool, bytes]:
+    # connection that carried one download copies its small requests again.
+    async def main() -> tuple[int, bool, int, bytes]:
         loop = asyncio.get_running_loop()
         before = stream.PIPES.spliced
-        handler, sender, receiver = await _one_way()
-        assert handler.sink is not None
+        relay, sender, receiver = await _one_way()
+        assert relay.sink is not None
         try:
             bulk = random.Random(3).randbytes(4 * 1024 * 1024)
             await asyncio.wait_for(loop.sock_sendall(sender, bulk), 10)
@@ -289,20 +289,53 @@ def test_small_reads_after_a_bulk_transfer_are_copied_again() -> None:
             while got < len(bulk):
                 got += len(await asyncio.wait_for(loop.sock_recv(receiver, 1 << 20), 10))
             spliced = stream.PIPES.spliced - before
-            await loop.sock_sendall(sender, b"ping")
+            await loop.sock_sendall(sender, b"ping")  # (spliced, and then no more)
             answer = await asyncio.wait_for(loop.sock_recv(receiver, 100), 10)
-            await loop.sock_sendall(sender, b"pong")  # (copied: no pipe now)
+            still_splicing = relay.sink.splicing
+            before = stream.PIPES.spliced
+            await loop.sock_sendall(sender, b"pong")
             answer += await asyncio.wait_for(loop.sock_recv(receiver, 100), 10)
-            return spliced, handler.sink.pipe is None, answer
+            return spliced, still_splicing, stream.PIPES.spliced - before, answer
         finally:
             sender.close()
             receiver.close()
-            await asyncio.wait_for(handler.both_lost.wait(), 10)
+            await asyncio.wait_for(relay.both_lost.wait(), 10)
 
-    spliced, released, answer = asyncio.run(main())
-    assert spliced > 0, "the bulk transfer never took a pipe"
-    assert released, "the pipe was kept after a small read"
+    spliced, still_splicing, spliced_after, answer = asyncio.run(main())
+    assert spliced > 0, "the bulk transfer never went through a pipe"
+    assert not still_splicing, "still splicing after a small read"
+    assert spliced_after == 0, "a small read after the switch went through a pipe"
     assert answer == b"pingpong"
+
+
+def test_bytes_kept_before_the_switch_to_splicing_go_first() -> None:
+    # The switch can come while the user-space buffer holds bytes the socket refused: what is
+    # spliced then waits behind them, even though the socket has room again before the loop
+    # has told the stream so.
+    kept = random.Random(6).randbytes(20_000)
+    spliced = random.Random(7).randbytes(60_000)
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        relay, sender, receiver = await _one_way()
+        assert relay.source is not None and relay.sink is not None
+        try:
+            relay.sink._keep(kept)  # (as though its socket had refused them a moment ago)
+            relay.sink.splicing = True  # (as after a large read)
+            sender.setblocking(True)
+            sender.sendall(spliced)  # (on loopback, readable at the source once sent)
+            relay.source._read_ready(loop.time())  # (before the loop runs the sink's turn)
+            sender.shutdown(socket.SHUT_WR)
+            return await _receive_all(receiver)
+        finally:
+            sender.close()
+            receiver.close()
+            await asyncio.wait_for(relay.both_lost.wait(), 10)
+
+    before = stream.PIPES.spliced
+    received = asyncio.run(main())
+    assert stream.PIPES.spliced > before, "nothing went through a pipe"
+    assert received == kept + spliced
 
 
 async def _send_urgent(sock: socket.socket, byte: bytes) -> None:

@@ -56,7 +56,7 @@ SPLICE_FROM = 32 * 1024
 COPY_BELOW = 4 * 1024
 PIPE_SIZE = 1024 * 1024  # asked of the kernel for each pipe (Linux's default cap, pipe-max-size)
 MAX_PIPES = 256  # open at once in a process (and never more than a sixteenth of its descriptors)
-KEPT_PIPES = 16  # empty pipes kept open for the next transfer
+KEPT_PIPES = 4  # empty pipes kept open for the next transfer
 PIPE_REFUSED_WAIT = 10.0  # seconds without new pipes after the kernel would not grow one
 # The clock of asyncio's loop (uvloop's loop.time() is the same clock in millisecond steps).
 _clock = time.monotonic
@@ -186,17 +186,18 @@ class Pipes:
             self.limit = pipe_limit()
         if self.open >= self.limit or (self.refused_until and _clock() < self.refused_until):
             return None
+        # Out of descriptors, past pipe-max-size, or past the user's pipe pages
+        # (fs.pipe-user-pages-soft, for a user without CAP_SYS_RESOURCE: a smaller pipe would
+        # gain little): asking again at every large read would cost system calls for nothing.
         try:
             r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
+            self.refused_until = _clock() + PIPE_REFUSED_WAIT
             return None
         pipe = Pipe(r, w)
         try:
             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
-            # Past pipe-max-size, or past the user's pipe pages (fs.pipe-user-pages-soft, for a
-            # user without CAP_SYS_RESOURCE): too small to gain, and asking again at every
-            # transfer would cost four system calls each time.
             pipe.close()
             self.refused_until = _clock() + PIPE_REFUSED_WAIT
             return None
@@ -204,7 +205,8 @@ class Pipes:
         return pipe
 
     def release(self, pipe: Pipe) -> None:
-        """Keep an empty pipe for reuse (up to KEPT_PIPES); close any other."""
+        """Keep an empty pipe for reuse (up to KEPT_PIPES: each counts in full against the
+        user's pipe pages); close any other."""
         if not pipe.held and len(self.free) < KEPT_PIPES:
             self.free.append(pipe)
         else:
@@ -226,7 +228,12 @@ PIPES = Pipes()
 
 class Handler(Protocol):
     """What a Stream serves: asyncio.Protocol's callbacks, but `data_received` gets a view
-    of the shared read buffer, valid only until it returns (copy what must be kept)."""
+    of the shared read buffer, valid only until it returns (copy what must be kept).
+
+    `pause_writing` must stop what is written to the stream until `resume_writing`: for a
+    stream another one relays to (see Stream.target), pause that one's reading. (A source
+    whose splice finds the pipe full would otherwise be woken again at once.)
+    """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
 
@@ -308,7 +315,7 @@ class Stream(asyncio.Transport):
         self.heard = 0.0  # loop time of the last read (or as the handler resets it)
         self.target: Stream | None = None  # where reads go, instead of the handler
         self.splicing = False  # what is relayed to this stream goes through a pipe
-        # Spliced bytes for this socket (only while it holds some, and then `buffer` is empty).
+        # Spliced bytes for this socket, to go after `buffer` (only while it holds some).
         self.pipe: Pipe | None = None
 
     def start(self) -> None:
@@ -326,12 +333,7 @@ class Stream(asyncio.Transport):
 
     def _read_ready(self, now: float) -> None:
         target = self.target
-        if (
-            target is not None
-            and target.splicing
-            and not target.buffer
-            and self._splice_ready(target, now)
-        ):
+        if target is not None and target.splicing and self._splice_ready(target, now):
             return
         try:
             size = self.sock.recv_into(_BUFFER)
@@ -380,9 +382,10 @@ class Stream(asyncio.Transport):
         """Read into the target's pipe, and send on what its socket takes (see SPLICE_FROM);
         False if this read is to be copied instead.
 
-        The pipe is the target's write buffer, after `buffer`: while the target waits to
-        send, what is read is only added to it; the source is paused once it is full, and
-        resumed when the target has sent all but LOW_WATER of it.
+        The pipe is the target's write buffer, after `buffer` (which gets nothing while there
+        is a pipe): while the target waits to send, what is read is only added to it. The
+        source is paused once the pipe is full (by the target's protocol, as for `buffer`),
+        and resumed when the target has sent all but LOW_WATER.
         """
         pipe = target.pipe
         if pipe is None:
@@ -391,7 +394,7 @@ class Stream(asyncio.Transport):
                 return False
             target.pipe = pipe
         try:
-            size = os.splice(self.fd, pipe.w, PIPE_SIZE, flags=os.SPLICE_F_NONBLOCK)
+            size = os.splice(self.fd, pipe.w, PIPE_SIZE - pipe.held, flags=os.SPLICE_F_NONBLOCK)
         except _AGAIN:
             size = 0
         except OSError as exc:
@@ -400,9 +403,10 @@ class Stream(asyncio.Transport):
             self._force_close(exc)
             return True
         if not size:
-            # The pipe is full; or the peer's EOF; or nothing to read after all; or urgent
-            # data (TCP's out-of-band byte), where splice stops for good, returning nothing,
-            # while recv steps over it. recv tells which, once the pipe has sent what it holds.
+            # The pipe is full (at PIPE_SIZE, or out of slots); or the peer's EOF; or nothing to
+            # read after all; or urgent data (TCP's out-of-band byte), where splice stops for
+            # good, returning nothing, while recv steps over it. recv tells which, once the
+            # pipe has sent what it holds.
             if pipe.held:
                 try:
                     target._pause_protocol()
@@ -533,7 +537,7 @@ class Stream(asyncio.Transport):
             PIPES.release(pipe)
 
     def _pause_protocol(self) -> None:
-        if not self.protocol_paused and self.protocol:
+        if not self.protocol_paused and self.protocol and not self.lost:
             self.protocol_paused = True
             self.protocol.pause_writing()
 
