@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import re
 import shutil
 import signal
@@ -33,10 +34,34 @@ def require_tool(name: str) -> str:
     return path
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes the local ports of outgoing connections from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, for a test to listen on later.
+
+    Not one the kernel would hand out itself: between this call and the listen, any
+    outgoing connection on the machine could take such a port as its local port (a test
+    once failed with "address already in use" that way). So a port below the kernel's range
+    for those, checked free with a bind.
+    """
+    low, high = _ephemeral_ports()
+    first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    for _ in range(200):
+        port = random.randint(first, last)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port found in {first}-{last}")
 
 
 def wait_until(predicate, timeout: float = DEADLINE, what: str = "condition"):  # type: ignore[no-untyped-def]
