@@ -1,4 +1,4 @@
-"""Shared test helpers: real processes and real sockets on 127.0.0.1, ports from the OS."""
+"""Shared test helpers: real processes and real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
