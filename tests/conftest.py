@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from balancer.bench import process_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 DEADLINE = 15.0  # default bound for waiting on one event
@@ -77,11 +79,14 @@ def wait_until(predicate, timeout: float = DEADLINE, what: str = "condition"):  
 
 
 def descriptors(pid: int, kind: str) -> int:
-    """The process's open descriptors of one kind, as /proc names them ("socket", "pipe")."""
+    """Open descriptors of one kind, as /proc names them ("socket", "pipe"), of the process
+    and its descendants (a balancer's workers)."""
     count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):  # (closed meanwhile)
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{kind}:")
+    for process in process_tree(pid):
+        with contextlib.suppress(OSError):  # (gone meanwhile)
+            for fd in os.listdir(f"/proc/{process}/fd"):
+                with contextlib.suppress(OSError):  # (closed meanwhile)
+                    count += os.readlink(f"/proc/{process}/fd/{fd}").startswith(f"{kind}:")
     return count
 
 
