@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue
 import random
@@ -10,8 +11,10 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -88,6 +91,19 @@ def descriptors(pid: int, kind: str) -> int:
                 with contextlib.suppress(OSError):  # (closed meanwhile)
                     count += os.readlink(f"/proc/{process}/fd/{fd}").startswith(f"{kind}:")
     return count
+
+
+# A slow reader: a small receive buffer and segments, so the balancer's socket toward it takes
+# only some 200 KB and the rest waits in the balancer, under the pause threshold (64 KiB).
+SLOW_READER = (
+    (socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),
+    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000),
+)
+
+
+def unsent(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue that the peer has not acknowledged."""
+    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

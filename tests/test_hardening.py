@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import resource
@@ -12,12 +11,12 @@ import selectors
 import signal
 import socket
 import struct
-import termios
 import threading
 import time
 from pathlib import Path
 
 from conftest import (
+    SLOW_READER,
     Cluster,
     Process,
     balancer_cmd,
@@ -26,6 +25,7 @@ from conftest import (
     free_port,
     read_log,
     served_by,
+    unsent,
     wait_for_log,
     wait_until,
 )
@@ -356,24 +356,11 @@ def test_backend_that_closes_then_resets_counts_one_failure(cluster: Cluster) ->
         scripted.close()
 
 
-# A slow reader: a small receive buffer and segments, so the balancer's socket toward it takes
-# only some 200 KB and the rest waits in the balancer, under the pause threshold (64 KiB).
-SLOW_READER = (
-    (socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),
-    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000),
-)
-
-
 def slow_reader_socket() -> socket.socket:
     s = socket.socket()
     for option in SLOW_READER:
         s.setsockopt(*option)
     return s
-
-
-def unsent(sock: socket.socket) -> int:
-    """Bytes in the socket's send queue that the peer has not acknowledged."""
-    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
 
 
 def slow_reader_listener() -> socket.socket:

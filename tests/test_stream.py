@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import os
 import random
 import socket
 import struct
-import termios
 from collections.abc import Iterable
 
 import pytest
+from conftest import SLOW_READER, unsent
 
 from balancer import stream
 
 SocketOption = tuple[int, int, int]
-# A peer that takes little at a time: its small receive buffer fills at once, so the relay's
-# sends toward it are refused in part and what it holds waits in the relay.
-SLOW_READER: tuple[SocketOption, ...] = (
-    (socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),
-    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000),
-)
 
 
 async def _accept_one(
@@ -121,11 +114,6 @@ def test_streams_relaying_to_each_other_are_freed_without_the_garbage_collector(
 def _descriptors_but_kept_pipes() -> int:
     """This process's open descriptors, but for those of the empty pipes kept for reuse."""
     return len(os.listdir("/proc/self/fd")) - 2 * len(stream.PIPES.free)
-
-
-def _unsent(sock: socket.socket) -> int:
-    """Bytes in the socket's send queue that the peer has not acknowledged."""
-    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
 
 
 class OneWay:
@@ -251,7 +239,7 @@ def test_reset_after_the_last_byte_still_delivers_what_the_pipe_holds() -> None:
             sending = asyncio.ensure_future(loop.sock_sendall(sender, payload))
             # Read slowly until everything sent is acknowledged and the pipe holds some.
             deadline = loop.time() + 10
-            while not (sending.done() and not _unsent(sender) and relay.sink._piped()):
+            while not (sending.done() and not unsent(sender) and relay.sink._piped()):
                 assert loop.time() < deadline, "never all acknowledged with the pipe in use"
                 received += await asyncio.wait_for(loop.sock_recv(receiver, 4096), 10)
             await sending
