@@ -639,8 +639,7 @@ class Stream(asyncio.Transport):
         if not self.lost:
             self.lost = True
             self.splicing = False
-            if self.pipe is not None:
-                self._drop_pipe()  # (what a forced close leaves in it is dropped)
+            self._drop_pipe()  # (what a forced close leaves in it is dropped)
             # No epoll_ctl: closing the socket unregisters it, and events that come before
             # that find the stream forgotten.
             self.reading = self.writing = False
