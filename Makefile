@@ -1,23 +1,31 @@
-# `make run` starts a demo; `make test` runs every test. Both build .venv first.
+# `make run` starts a demo; `make test` runs every test. Both build .venv first: `run` with what
+# running needs, `test` with the test tools as well.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+TOOLS := $(VENV)/.installed-test
 
-.PHONY: venv run test lint clean
+.PHONY: venv run test lint bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(TOOLS): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $@ $(RUNTIME)
 
-venv: $(STAMP)
+venv: $(RUNTIME)
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/balancer demo
 
-lint: $(STAMP)
+lint: $(TOOLS)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy src tests
 
@@ -25,8 +33,7 @@ test: lint
 	$(BIN)/pytest
 
 # Benchmark against HAProxy and nginx stream on 127.0.0.1 (a few minutes; see balancer bench -h).
-.PHONY: bench
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/balancer bench
 
 clean:

@@ -6,6 +6,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 from balancer.cli import main
 
-FLAGS = "--target 127.0.0.1:8000 --concurrency 10 --requests 10 --show-responses"
+FLAGS = "--target 127.0.0.1:8000 --protocol line --concurrency 10 --requests 10 --show-responses"
 
 sys.exit(main(["client", *FLAGS.split(), *sys.argv[1:]]))

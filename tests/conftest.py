@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.config import write_config
 
-from balancer.bench import process_tree
+from balancer.tools.procfs import process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -223,6 +224,20 @@ class Cluster:
         self.processes.append(proc)
         match = proc.expect(r"listening on 127\.0\.0\.1:(\d+)")
         return proc, int(match.group(1))
+
+    def with_admin(self, backends: list[int], *args: str) -> tuple[int, int]:
+        """`balancer run` over `backends` with its admin API on a free port: both ports."""
+        admin = free_port()
+        _, port = self.balancer(
+            "--admin", f"127.0.0.1:{admin}", *[f"--backend=127.0.0.1:{p}" for p in backends], *args
+        )
+        return port, admin
+
+    def config(self, *services: str, admin: int | None = None, top: str = "") -> Path:
+        """A config file `lb.toml` in the test's directory, logging to its `lb.log`."""
+        return write_config(
+            self.tmp / "lb.toml", *services, log=self.tmp / "lb.log", admin=admin, top=top
+        )
 
     def stop(self) -> None:
         for proc in reversed(self.processes):

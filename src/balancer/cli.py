@@ -1,4 +1,4 @@
-"""The `balancer` command: run, check, backend, client."""
+"""The `balancer` command: run, check, status, and the tools (backend, client, demo, bench)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from balancer.config import (
     MAX_WEIGHT,
@@ -20,14 +20,31 @@ from balancer.config import (
     LogConfig,
     ServiceConfig,
     Timeouts,
-    check_algorithm,
     check_service_name,
-    load_config,
-    parse_address,
     parse_duration,
     parse_port_range,
     parse_workers,
 )
+from balancer.core.address import Address, parse_address
+
+T = TypeVar("T")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks, and ends each flag's help with its default (when it
+    has one the help does not already give)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" not in text
+            and action.option_strings
+            and default not in (None, False, "", [], argparse.SUPPRESS)
+        ):
+            shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+            text += f" (default: {shown})"
+        return text
 
 
 def _flag_type(convert: Callable[[str], T]) -> Callable[[str], T]:
@@ -41,9 +58,6 @@ def _flag_type(convert: Callable[[str], T]) -> Callable[[str], T]:
 
     wrapped.__name__ = getattr(convert, "__name__", "value")
     return wrapped
-
-
-T = TypeVar("T")
 
 
 def backend_flag(text: str) -> BackendConfig:
@@ -90,17 +104,115 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _algorithm(name: str) -> str:
+    from balancer.selection import check_algorithm
+
+    return check_algorithm(name)
+
+
+def _listen_address(text: str) -> Address:
+    return parse_address(text, allow_zero_port=True)
+
+
+def _port(text: str) -> int:
+    return parse_address(f"127.0.0.1:{text}").port
+
+
+def _any_port(text: str) -> int:
+    return parse_address(f"127.0.0.1:{text}", allow_zero_port=True).port
+
+
+RUN_EXAMPLES = """\
+examples:
+  balancer run --backend 127.0.0.1:9001 --backend 127.0.0.1:9002,weight=2
+  balancer run --listen 0.0.0.0:8000 --backend-range 127.0.0.1:9001-9009 \\
+               --algorithm least_connections --admin 127.0.0.1:8404
+  balancer run --config /etc/balancer/balancer.toml --workers auto
+
+Signals: SIGTERM drains (open connections get `grace`, 30s), SIGINT stops at once, SIGHUP
+reloads the config file. Every setting: docs/configuration.md."""
+
+CHECK_EXAMPLES = """\
+examples:
+  balancer check balancer.toml
+  balancer check /etc/balancer/balancer.toml && systemctl reload balancer
+
+Exits 0 if the file is valid, 1 with one line per error otherwise."""
+
+STATUS_EXAMPLES = """\
+examples:
+  balancer status
+  balancer status --admin http://10.0.0.5:8404 --token "$(cat /etc/balancer/token)\""""
+
+BACKEND_EXAMPLES = """\
+examples:
+  balancer backend 9001                   # answers "Hello from Server 9001!" and closes
+  balancer backend 9001 --mode http       # HTTP/1.1 with keep-alive and /health
+  balancer backend 0 --mode echo          # any free port; the line printed says which"""
+
+CLIENT_EXAMPLES = """\
+examples:
+  balancer client --target 127.0.0.1:8000                 # 100 HTTP requests, 10 at a time
+  balancer client --duration 30s --concurrency 50
+  balancer client --protocol line --message "Hello" --show-responses
+
+Exits 0 when every request succeeded, 1 otherwise."""
+
+DEMO_EXAMPLES = """\
+examples:
+  balancer demo
+  balancer demo --port 18000 --backend-ports 19001 19002 19003 --admin-port 18404
+
+Ctrl-C, SIGINT or SIGTERM stops the demo and everything it started."""
+
+BENCH_EXAMPLES = """\
+examples:
+  balancer bench                                   # about 3.5 minutes
+  balancer bench --targets direct,haproxy,nginx,balancer,floor,cfloor --json out.json
+  balancer bench --soak 60s --balancer-args="--workers 2"
+  balancer bench --selection --quick"""
+
+
+def _command(
+    commands: Any, name: str, summary: str, description: str, examples: str
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=examples,
+        formatter_class=_Formatter,
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="balancer", description="A TCP (layer 4) load balancer.")
+    parser = argparse.ArgumentParser(
+        prog="balancer",
+        description="A TCP (layer 4) load balancer: weighted algorithms, health checks,\n"
+        "retries, access logs, metrics, a dashboard and an admin API.",
+        epilog="Run `balancer COMMAND --help` for a command's flags and examples.",
+        formatter_class=_Formatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the balancer")
-    run.add_argument("--config", metavar="FILE", help="TOML config file")
+    run = _command(
+        commands,
+        "run",
+        "run the balancer",
+        "Run the balancer: from a config file (--config), or one service described by flags.",
+        RUN_EXAMPLES,
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file; with it, only --log-*, --workers and --admin* may be given",
+    )
     run.add_argument(
         "--listen",
-        type=_flag_type(lambda t: parse_address(t, allow_zero_port=True)),
+        type=_flag_type(_listen_address),
         metavar="HOST:PORT",
-        help="address to listen on (default 0.0.0.0:8000)",
+        help="address to listen on; port 0 takes any free port (default: 0.0.0.0:8000)",
     )
     run.add_argument(
         "--backend",
@@ -108,108 +220,239 @@ def build_parser() -> argparse.ArgumentParser:
         type=_flag_type(backend_flag),
         default=[],
         metavar="HOST:PORT[,weight=N]",
-        help="a backend server; repeat for more",
+        help=f"a backend server, weight 1-{MAX_WEIGHT} (default: 1); repeat for more",
     )
     run.add_argument(
         "--backend-range",
         type=_flag_type(range_flag),
         metavar="HOST:FIRST-LAST",
-        help="discover backends on a port range; ports that answer checks take traffic",
+        help="discover backends on a port range: a port takes traffic once a health check "
+        "finds it listening",
     )
     run.add_argument(
         "--algorithm",
-        type=_flag_type(check_algorithm),
+        type=_flag_type(_algorithm),
         metavar="NAME",
-        help="round_robin (default), least_connections, random, power_of_two, source_hash, "
-        "or a dotted path to your own class",
+        help="round_robin, least_connections, random, power_of_two, source_hash, or a "
+        "dotted path to your own class (default: round_robin)",
     )
     run.add_argument(
         "--name",
         type=_flag_type(check_service_name),
         default="default",
-        help="service name (default: default)",
+        help="the service's name in logs, metrics and the API",
     )
     run.add_argument(
         "--workers",
         type=_flag_type(parse_workers),
         metavar="N",
-        help="worker processes sharing the ports (default 1; auto = one per CPU)",
+        help="worker processes sharing the ports; auto: one per CPU (default: 1, or the "
+        "config file's)",
     )
     run.add_argument(
         "--admin",
-        type=_flag_type(lambda t: parse_address(t, allow_zero_port=True)),
+        type=_flag_type(_listen_address),
         metavar="HOST:PORT",
-        help="serve the admin API, metrics and dashboard here (loopback unless a token is set)",
+        help="serve the admin API, metrics and dashboard here; a non-loopback address needs "
+        "a token (default: off, or the config file's [admin])",
     )
     run.add_argument(
         "--admin-token",
         metavar="TOKEN",
-        help="bearer token for the admin API (or BALANCER_ADMIN_TOKEN in the environment)",
+        help="bearer token for the admin API (default: BALANCER_ADMIN_TOKEN from the "
+        "environment, else the config file's)",
     )
-    run.add_argument("--log-file", metavar="PATH", help="log file (default load_balancer.log)")
-    run.add_argument("--log-format", choices=("text", "json"))
-    run.add_argument("--connect-timeout", type=_flag_type(_positive_duration), metavar="DURATION")
-    run.add_argument("--idle-timeout", type=_flag_type(_positive_duration), metavar="DURATION")
+    run.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help='access and event log; "" for none (default: load_balancer.log)',
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text (key=value) or json, one object per line (default: text)",
+    )
+    run.add_argument(
+        "--connect-timeout",
+        type=_flag_type(_positive_duration),
+        metavar="DURATION",
+        help="per connect attempt, as 500ms or 3s (default: 3s)",
+    )
+    run.add_argument(
+        "--idle-timeout",
+        type=_flag_type(_positive_duration),
+        metavar="DURATION",
+        help="a connection with no bytes either way for this long is closed (default: 5m)",
+    )
     run.add_argument(
         "--retries",
         type=_flag_type(non_negative_int),
         metavar="N",
-        help="connect attempts on other backends after a failed one (default 3)",
+        help="other backends tried after a failed connect (default: 3)",
     )
     run.add_argument(
         "--no-backend-message",
         metavar="TEXT",
-        help="sent to a client when no backend can be reached, before closing",
+        help="sent to a client when no backend can be reached, before closing (default: "
+        "nothing, just a close)",
     )
-    run.add_argument("--no-health-check", action="store_true", help="turn off active health checks")
+    run.add_argument(
+        "--no-health-check",
+        action="store_true",
+        help="turn off active health checks (default: TCP checks every 2s)",
+    )
 
-    check = commands.add_parser("check", help="validate a config file")
-    check.add_argument("file", metavar="FILE")
+    check = _command(
+        commands,
+        "check",
+        "validate a config file",
+        "Validate a config file without running it: every bad key and value is listed.",
+        CHECK_EXAMPLES,
+    )
+    check.add_argument("file", metavar="FILE", help="the TOML config file")
 
-    backend = commands.add_parser("backend", help="run a demo backend server")
+    status = _command(
+        commands,
+        "status",
+        "show services and backends from the admin API",
+        "Print the admin API's view of every service and backend as a table.",
+        STATUS_EXAMPLES,
+    )
+    status.add_argument(
+        "--admin",
+        default="http://127.0.0.1:8404",
+        metavar="URL",
+        help="the admin API's address",
+    )
+    status.add_argument(
+        "--token",
+        default=os.environ.get("BALANCER_ADMIN_TOKEN"),
+        help="admin API token (default: BALANCER_ADMIN_TOKEN from the environment)",
+    )
+
+    backend = _command(
+        commands,
+        "backend",
+        "run a demo backend server",
+        "Run a demo backend server on 127.0.0.1, to balance over.",
+        BACKEND_EXAMPLES,
+    )
     backend.add_argument(
-        "port",
-        type=_flag_type(lambda t: parse_address(f"127.0.0.1:{t}", allow_zero_port=True).port),
+        "port", type=_flag_type(_any_port), help="port to listen on; 0 takes any free port"
     )
-    backend.add_argument("--mode", choices=("hello", "echo", "http"), default="hello")
-    backend.add_argument("--delay", type=float, default=0.0, metavar="MS")
-    backend.add_argument("--host", default="127.0.0.1")
+    backend.add_argument(
+        "--mode",
+        choices=("hello", "echo", "http"),
+        default="hello",
+        help="hello: answer `Hello from Server PORT!` and close; echo: send back every byte "
+        "until EOF; http: HTTP/1.1 with keep-alive, / greets and /health answers ok",
+    )
+    backend.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="milliseconds to wait before each answer (default: 0, none)",
+    )
+    backend.add_argument("--host", default="127.0.0.1", help="address to listen on")
     backend.add_argument(
         "--accept-proxy",
         action="store_true",
-        help="expect a PROXY protocol header (v1 or v2) and print the client it names",
+        help="expect a PROXY protocol header (v1 or v2) and print the client it names "
+        "(default: off)",
     )
 
-    client = commands.add_parser("client", help="generate load and report on it")
-    client.add_argument(
-        "--target", type=_flag_type(parse_address), default=parse_address("127.0.0.1:8000")
+    client = _command(
+        commands,
+        "client",
+        "generate load and report on it",
+        "Open one connection per request, send it, read the answer to the end, and report "
+        "successes, failures by kind, each backend's share and latency percentiles.",
+        CLIENT_EXAMPLES,
     )
-    client.add_argument("--concurrency", type=_flag_type(positive_int), default=10)
+    client.add_argument(
+        "--target",
+        type=_flag_type(parse_address),
+        default=Address("127.0.0.1", 8000),
+        metavar="HOST:PORT",
+        help="where to send the requests: the balancer, or a backend directly",
+    )
+    client.add_argument(
+        "--protocol",
+        choices=("http", "line"),
+        default="http",
+        help="http: GET PATH, success is an answer below 500 (the demo's backends, nginx, "
+        "any web server); line: send --message, success is any answer (server.py's)",
+    )
+    client.add_argument(
+        "--path", default="/", help="the path an http request asks for (--protocol http)"
+    )
+    client.add_argument(
+        "--concurrency",
+        type=_flag_type(positive_int),
+        default=10,
+        metavar="N",
+        help="requests in flight at once",
+    )
     amount = client.add_mutually_exclusive_group()
-    amount.add_argument("--requests", type=_flag_type(positive_int))
-    amount.add_argument("--duration", type=_flag_type(_positive_duration), metavar="S")
-    client.add_argument("--message", default="Hello from client")
-    client.add_argument(
-        "--show-responses", action="store_true", help="print each response as it arrives"
+    amount.add_argument(
+        "--requests",
+        type=_flag_type(positive_int),
+        metavar="N",
+        help="how many requests in all (default: 100, unless --duration is given)",
     )
-    status = commands.add_parser("status", help="show services and backends from the admin API")
-    status.add_argument("--admin", default="http://127.0.0.1:8404", metavar="URL")
-    status.add_argument(
-        "--token", default=os.environ.get("BALANCER_ADMIN_TOKEN"), help="admin API token"
+    amount.add_argument(
+        "--duration",
+        type=_flag_type(_positive_duration),
+        metavar="DURATION",
+        help="send requests for this long instead, as 30s or 2m",
+    )
+    client.add_argument(
+        "--message",
+        default="Hello from client",
+        help="what a line request sends (--protocol line)",
+    )
+    client.add_argument(
+        "--show-responses",
+        action="store_true",
+        help="print each answer as it arrives (default: a progress bar on a terminal)",
     )
 
-    demo = commands.add_parser("demo", help="start three demo backends and a balancer")
-    port = _flag_type(lambda t: parse_address(f"127.0.0.1:{t}").port)
+    demo = _command(
+        commands,
+        "demo",
+        "start three demo backends, a balancer and its dashboard",
+        "Start three HTTP demo backends and a balancer in front of them with its dashboard, "
+        "print their addresses, and run until stopped.",
+        DEMO_EXAMPLES,
+    )
+    port = _flag_type(_port)
     demo.add_argument("--port", type=port, default=8000, help="the balancer's port")
     demo.add_argument(
-        "--backend-ports", type=port, nargs=3, default=[9001, 9002, 9003], metavar="PORT"
+        "--backend-ports",
+        type=port,
+        nargs=3,
+        default=[9001, 9002, 9003],
+        metavar="PORT",
+        help="the three backends' ports",
     )
-    demo.add_argument("--admin-port", type=port, default=8404, metavar="PORT")
+    demo.add_argument(
+        "--admin-port",
+        type=port,
+        default=8404,
+        metavar="PORT",
+        help="the admin API's and dashboard's port",
+    )
 
-    bench = commands.add_parser(
-        "bench", help="benchmark against HAProxy, nginx stream and direct, on 127.0.0.1"
+    bench = _command(
+        commands,
+        "bench",
+        "benchmark against HAProxy, nginx stream and direct, on 127.0.0.1",
+        "Benchmark the balancer against HAProxy and nginx stream on this machine, in "
+        "interleaved runs, and print medians and ratios (docs/performance.md).",
+        BENCH_EXAMPLES,
     )
-    from balancer.bench import add_arguments as add_bench_arguments
+    from balancer.tools.bench.options import add_arguments as add_bench_arguments
 
     add_bench_arguments(bench)
     return parser
@@ -235,7 +478,9 @@ def config_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser)
         ]
         if mixed:
             parser.error(f"{', '.join(mixed)} cannot be combined with --config")
-        config = load_config(args.config)
+        from balancer.control.app import read_config
+
+        config = read_config(args.config)
         log = LogConfig(
             file=args.log_file if args.log_file is not None else config.log.file,
             format=args.log_format or config.log.format,
@@ -298,66 +543,74 @@ def _admin_from_flags(args: argparse.Namespace | None, admin: AdminConfig) -> Ad
     )
 
 
+def _check(path: str) -> int:
+    from balancer.admin.security import is_loopback
+    from balancer.control.app import read_config
+
+    config = read_config(path)
+    admin = _admin_from_flags(None, config.admin)
+    if admin.listen is not None and not admin.token and not is_loopback(admin.listen.host):
+        # (`run` may still be given one by --admin-token: a warning, not an error)
+        print(
+            f"{path}: warning: admin.listen: the admin API on non-loopback address "
+            f"{admin.listen} needs a token, and the file gives none: `run` refuses to start "
+            "unless --admin-token or BALANCER_ADMIN_TOKEN gives one",
+            file=sys.stderr,
+        )
+    print(f"{path}: ok, {len(config.services)} service(s)")
+    return 0
+
+
+def _backend(args: argparse.Namespace) -> int:
+    from balancer.tools.demo.backend import serve
+
+    try:
+        asyncio.run(serve(args.port, args.mode, args.delay, args.host, args.accept_proxy))
+    except OSError as exc:
+        print(
+            f"balancer backend: cannot listen on port {args.port}: {exc.strerror}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
-            config = load_config(args.file)
-            admin = _admin_from_flags(None, config.admin)
-            if admin.listen is not None and not admin.token:
-                from balancer.admin import is_loopback
-
-                if not is_loopback(admin.listen.host):
-                    # (`run` may still be given one by --admin-token: a warning, not an error)
-                    print(
-                        f"{args.file}: warning: admin.listen: the admin API on non-loopback "
-                        f"address {admin.listen} needs a token, and the file gives none: "
-                        "`run` refuses to start unless --admin-token or BALANCER_ADMIN_TOKEN "
-                        "gives one",
-                        file=sys.stderr,
-                    )
-            print(f"{args.file}: ok, {len(config.services)} service(s)")
-            return 0
+            return _check(args.file)
         if args.command == "run":
-            from balancer.app import run
+            from balancer.control.app import run
 
             return run(config_from_flags(args, parser), args.config)
         if args.command == "backend":
-            from balancer.demo.backend import serve
-
-            try:
-                asyncio.run(serve(args.port, args.mode, args.delay, args.host, args.accept_proxy))
-            except OSError as exc:
-                print(
-                    f"balancer backend: cannot listen on port {args.port}: {exc.strerror}",
-                    file=sys.stderr,
-                )
-                return 1
-            return 0
+            return _backend(args)
         if args.command == "status":
-            from balancer.status import main as status
+            from balancer.admin.status import main as status
 
             url = args.admin if "://" in args.admin else f"http://{args.admin}"
             return status(url, args.token)
         if args.command == "demo":
-            from balancer.demo.run import main as demo
+            from balancer.tools.demo.run import main as demo
 
             return demo(args.port, tuple(args.backend_ports), admin=args.admin_port)
         if args.command == "bench":
-            from balancer.bench import run as bench
+            from balancer.tools.bench.harness import run as bench
 
             return bench(args)
         if args.command == "client":
-            from balancer.demo import client
+            from balancer.tools.demo import client
 
             return client.main(
                 args.target,
-                args.concurrency,
-                args.requests if args.requests or args.duration else 100,
-                args.duration,
-                args.message.encode(),
-                args.show_responses,
+                concurrency=args.concurrency,
+                requests=args.requests if args.requests or args.duration else 100,
+                duration=args.duration,
+                protocol=args.protocol,
+                path=args.path,
+                message=args.message.encode(),
+                show_responses=args.show_responses,
             )
     except ConfigError as exc:
         for line in exc.errors:

@@ -1,0 +1,106 @@
+"""One backend server as the pool holds it: its weight, health, operator state and counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from balancer.core.address import Address
+from balancer.observability.stats import BackendStats
+
+UP = "up"
+DOWN = "down"
+
+ENABLED = "enabled"
+DRAIN = "drain"
+MAINTENANCE = "maintenance"
+ADMIN_STATES = (ENABLED, DRAIN, MAINTENANCE)
+
+
+class Backend:
+    """One backend server of a service, with its health, operator state and counters."""
+
+    __slots__ = (
+        "_active",
+        "_others",
+        "address",
+        "bytes_in",
+        "bytes_out",
+        "connect_failures",
+        "effective_weight",
+        "failures",
+        "health",
+        "key",
+        "last_change",
+        "max_connections",
+        "moved",
+        "send_proxy",
+        "slot",
+        "state",
+        "stats",
+        "total",
+        "transitions",
+        "weight",
+    )
+
+    def __init__(self, address: Address, weight: int = 1, health: str = UP) -> None:
+        self.address = address
+        self.key = str(address)
+        self.weight = weight
+        # What selection uses: the weight, or less while a returning backend slow-starts.
+        self.effective_weight: float = weight
+        self.health = health
+        self.state = ENABLED
+        self._active = 0  # open connections in this process (`active`)
+        self._others = 0  # open connections on other worker processes, as of the last pick
+        # Told when either count changes: set by an algorithm that keeps backends ordered by
+        # load (least connections), so that it need not compare them all at every pick.
+        self.moved: Callable[[Backend], None] | None = None
+        self.slot = -1  # its cell in the workers' shared memory, when there are workers
+        self.max_connections = 0  # 0: no limit
+        self.send_proxy: str | None = None
+        self.total = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.failures = 0
+        self.connect_failures = 0
+        self.transitions: dict[str, int] = {}
+        self.stats = BackendStats()
+        self.last_change = time.time()
+
+    @property
+    def active(self) -> int:
+        """Open connections in this process."""
+        return self._active
+
+    @active.setter
+    def active(self, count: int) -> None:
+        self._active = count
+        if self.moved is not None:
+            self.moved(self)
+
+    @property
+    def others(self) -> int:
+        """Open connections on the other worker processes, as last read."""
+        return self._others
+
+    @others.setter
+    def others(self, count: int) -> None:
+        if count != self._others:
+            self._others = count
+            if self.moved is not None:
+                self.moved(self)
+
+    @property
+    def eligible(self) -> bool:
+        return self.health == UP and self.state == ENABLED
+
+    def __repr__(self) -> str:
+        return (
+            f"<Backend {self.key} w={self.weight} {self.health}/{self.state} active={self.active}>"
+        )
+
+
+def check_state(state: object) -> None:
+    if state not in ADMIN_STATES:
+        raise ValueError(f"state must be one of {', '.join(ADMIN_STATES)}, got {state!r}")

@@ -1,0 +1,2 @@
+"""`balancer bench`: the harness (`harness`), its options, peers, configs, clients and report,
+and the selection micro-benchmark (`selection`)."""
