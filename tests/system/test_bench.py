@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,19 @@ def test_selection_bench_reports_every_algorithm() -> None:
     )
     assert refused.returncode == 2 and not refused.stdout
     assert "--soak, --json do not apply" in refused.stderr
+
+
+def test_instructions_per_connection_are_counted_with_callgrind() -> None:
+    """The callgrind counter runs the relay twice and gives the difference per connection:
+    a figure of the size a Python relay costs (tens to hundreds of thousands)."""
+    require_tool("valgrind")
+    done = subprocess.run(
+        [sys.executable, "-m", "balancer.tools.bench.instructions", "--few", "20", "--many", "60"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"^([\d,]+) user-space instructions per new connection", done.stdout, re.M)
+    assert match, done.stdout
+    assert 10_000 < int(match.group(1).replace(",", "")) < 5_000_000

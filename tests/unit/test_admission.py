@@ -97,3 +97,26 @@ def test_a_reload_changes_the_limits_and_keeps_the_counts() -> None:
     admission.limits = Limits(client_max_connections=2)
     assert admission.check("10.0.0.1", 0.0) is None
     assert admission.per_client == {"10.0.0.1": 2}
+
+
+def test_a_suspect_client_is_held_to_its_rate_until_its_time_is_up() -> None:
+    admission = Admission(Limits(suspect_rate=2.0))
+    admission.suspect("10.6.6.6", until=10.0)
+    admitted = 0
+    for step in range(100):  # one try every 20 ms for 2 s
+        if admission.check("10.6.6.6", step / 50) is None:
+            admitted += 1
+            admission.left("10.6.6.6")
+    assert 5 <= admitted <= 6  # a burst of 2, then 2 a second
+    refused = admission.check("10.6.6.6", 2.001)
+    assert refused is not None and refused.reason is Termination.RATE_LIMITED
+    assert "causing most of a backend's failures" in refused.detail
+    assert admission.check("10.0.0.1", 2.001) is None  # (others are not held)
+    assert admission.check("10.6.6.6", 10.0) is None  # (its time is up)
+    assert admission.suspects == {}
+
+
+def test_without_suspect_rate_no_client_is_held() -> None:
+    admission = Admission(Limits())
+    admission.suspect("10.6.6.6", until=10.0)
+    assert all(admission.check("10.6.6.6", i / 1000) is None for i in range(100))

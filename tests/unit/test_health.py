@@ -20,6 +20,9 @@ from balancer.selection.round_robin import RoundRobin
 
 T = TypeVar("T")
 NO_CHECKS = HealthCheckConfig(enabled=False)
+# A lone backend is never ejected passively unless every backend may be: the tests of the
+# ejection itself use one backend, and allow every backend to go.
+ALL = 100
 
 
 def run(test: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
@@ -88,7 +91,9 @@ def test_a_check_that_could_not_run_says_nothing() -> None:
 
 def test_passive_failures_eject_and_the_ejection_doubles() -> None:
     async def test() -> None:
-        passive = PassiveConfig(max_fails=2, ejection_time=0.1, max_ejection_time=0.3)
+        passive = PassiveConfig(
+            max_fails=2, ejection_time=0.1, max_ejection_time=0.3, max_ejection_percent=ALL
+        )
         watched = Watched(NO_CHECKS, passive)
         backend = watched.backends[0]
         health = watched.health
@@ -97,7 +102,7 @@ def test_passive_failures_eject_and_the_ejection_doubles() -> None:
         health.passive_failure(backend, "connection reset by peer before answering", refused=False)
         assert backend.health == UP
         health.passive_failure(backend, "connection reset by peer before answering", refused=False)
-        assert backend.health == DOWN and backend.failures == 3
+        assert backend.health == DOWN and backend.ejected and backend.ejections == 1
         assert watched.events[-1] == (
             "down",
             "ejected for 0.1s after 2 consecutive failures "
@@ -116,7 +121,9 @@ def test_passive_failures_eject_and_the_ejection_doubles() -> None:
 
 def test_refused_connects_have_their_own_limit() -> None:
     async def test() -> None:
-        watched = Watched(NO_CHECKS, PassiveConfig(max_fails=5, max_fails_refused=2))
+        watched = Watched(
+            NO_CHECKS, PassiveConfig(max_fails=5, max_fails_refused=2, max_ejection_percent=ALL)
+        )
         backend = watched.backends[0]
         watched.health.passive_failure(backend, "connect: connection refused", refused=True)
         assert backend.health == UP
@@ -133,7 +140,9 @@ def test_refused_connects_have_their_own_limit() -> None:
 def test_an_ejected_backend_with_checks_needs_rise_passes_after_the_ejection() -> None:
     async def test() -> None:
         check = HealthCheckConfig(rise=2, interval=60.0)  # (no probe comes in the test's time)
-        watched = Watched(check, PassiveConfig(max_fails_refused=1, ejection_time=0.2))
+        watched = Watched(
+            check, PassiveConfig(max_fails_refused=1, ejection_time=0.2, max_ejection_percent=ALL)
+        )
         backend = watched.backends[0]
         watched.health.passive_failure(backend, "connect: connection refused", refused=True)
         for _ in range(3):
@@ -147,7 +156,9 @@ def test_an_ejected_backend_with_checks_needs_rise_passes_after_the_ejection() -
 
 def test_slow_start_ramps_a_returning_backend_in_ten_steps() -> None:
     async def test() -> None:
-        passive = PassiveConfig(max_fails_refused=1, ejection_time=0.05, slow_start=0.45)
+        passive = PassiveConfig(
+            max_fails_refused=1, ejection_time=0.05, slow_start=0.45, max_ejection_percent=ALL
+        )
         watched = Watched(NO_CHECKS, passive)
         backend = watched.backends[0]
         backend.weight = 10
@@ -182,7 +193,8 @@ def test_a_backend_that_never_went_down_starts_at_full_weight() -> None:
 
 def test_checks_turned_off_by_a_reload_bring_back_what_only_they_held_down() -> None:
     async def test() -> None:
-        watched = Watched(HealthCheckConfig(fall=1), PassiveConfig(ejection_time=5.0), count=2)
+        passive = PassiveConfig(ejection_time=5.0, max_ejection_percent=ALL)
+        watched = Watched(HealthCheckConfig(fall=1), passive, count=2)
         checked, ejected = watched.backends
         watched.health.record(checked, "connection refused")
         watched.health.passive_failure(ejected, "connect: connection refused", refused=True)
@@ -209,5 +221,99 @@ def test_a_real_probe_finds_a_listener_and_misses_a_closed_port() -> None:
                 await watched.next_event()
             assert "connection refused" in watched.events[-1][1]
             watched.health.stop()
+
+    run(test)
+
+
+def test_the_ejection_cap_is_at_least_one_and_never_all() -> None:
+    from balancer.health.tracker import ejection_cap
+
+    assert [ejection_cap(n, 10) for n in (0, 1, 2, 3, 10, 19, 20, 100)] == [
+        0, 0, 1, 1, 1, 1, 2, 10,
+    ]  # fmt: skip
+    assert [ejection_cap(n, 50) for n in (1, 2, 3, 4, 5)] == [0, 1, 1, 2, 2]
+    assert [ejection_cap(n, 100) for n in (1, 3)] == [1, 3]  # (asked for: all may go)
+    assert [ejection_cap(n, 0) for n in (1, 3)] == [0, 0]  # (passive ejection off)
+
+
+def test_passive_ejection_stops_at_the_cap_and_says_so() -> None:
+    async def test() -> None:
+        notices: list[tuple[str, str, str]] = []
+        passive = PassiveConfig(max_fails_refused=1, ejection_time=60.0, failure_window=60.0)
+        watched = Watched(NO_CHECKS, passive, count=3)
+        health = watched.health
+        health.notice = lambda event, b, text: notices.append((event, b.key, text))
+        first, second, third = watched.backends
+        health.passive_failure(first, "connect: connection refused", refused=True)
+        assert first.health == DOWN and first.ejected and first.ejections == 1
+        for _ in range(3):
+            health.passive_failure(second, "connect: connection refused", refused=True)
+        assert second.health == UP and second.ejections_refused == 3 and not second.ejected
+        # Logged once in the window, with what it would have been and why it was not.
+        assert notices == [
+            (
+                "ejection_refused",
+                second.key,
+                "not ejected after 1 consecutive refused connect (connect: connection refused):"
+                " 1 of 3 enabled backends may be ejected at once (max_ejection_percent 10)",
+            )
+        ]
+        # A drained backend frees no room: it is not enabled, and does not count.
+        watched.pool.set_state(third, "drain")
+        health.passive_failure(third, "connect: connection refused", refused=True)
+        assert third.health == DOWN
+        health.stop()
+
+    run(test)
+
+
+def test_a_lone_backend_is_never_ejected_passively() -> None:
+    async def test() -> None:
+        watched = Watched(NO_CHECKS, PassiveConfig(max_fails=1), count=1)
+        [backend] = watched.backends
+        for _ in range(100):
+            watched.health.passive_failure(backend, "reset before answering", refused=False)
+        assert backend.health == UP and backend.ejections == 0
+
+    run(test)
+
+
+def test_the_checks_verdict_is_kept_apart_from_an_ejection() -> None:
+    async def test() -> None:
+        check = HealthCheckConfig(rise=2, fall=2, interval=60.0)
+        passive = PassiveConfig(max_fails_refused=1, ejection_time=60.0, max_ejection_percent=100)
+        watched = Watched(check, passive)
+        [backend] = watched.backends
+        watched.health.passive_failure(backend, "connect: connection refused", refused=True)
+        assert backend.health == DOWN and backend.checks_up  # (ejected; the checks say up)
+        watched.health.record(backend, "connection refused")
+        assert backend.checks_up
+        watched.health.record(backend, "connection refused")
+        assert not backend.checks_up  # (fall reached)
+        watched.health.record(backend, None)
+        watched.health.record(backend, None)
+        assert backend.checks_up and backend.health == DOWN  # (the ejection still holds it)
+        watched.health.stop()
+
+    run(test)
+
+
+def test_a_backend_back_from_ejection_but_not_yet_up_still_counts_toward_the_cap() -> None:
+    async def test() -> None:
+        check = HealthCheckConfig(rise=2, interval=60.0)  # (no probe comes in the test's time)
+        passive = PassiveConfig(max_fails_refused=1, ejection_time=0.05)
+        watched = Watched(check, passive, count=3)
+        first, second, _ = watched.backends
+        watched.health.passive_failure(first, "connect: connection refused", refused=True)
+        await asyncio.sleep(0.1)  # the ejection is over; no check has passed since
+        assert first.health == DOWN and not first.ejected
+        watched.health.passive_failure(second, "connect: connection refused", refused=True)
+        assert second.health == UP and second.ejections_refused == 1
+        # Once the checks find the first one down, that is their verdict, not an ejection.
+        for _ in range(check.fall):
+            watched.health.record(first, "connection refused")
+        watched.health.passive_failure(second, "connect: connection refused", refused=True)
+        assert second.health == DOWN and second.ejected
+        watched.health.stop()
 
     run(test)

@@ -14,9 +14,10 @@ def test_access_line_matches_the_generic_form() -> None:
     log._write = write  # type: ignore[method-assign]
     for record in (
         AccessRecord("web", "127.0.0.1:5555", "127.0.0.1:8080", 0.1234, 12.34567, 10, 20, 0,
-                     "client_closed"),
-        AccessRecord("my svc", "[::1]:80", "-", -1.0, 0.0, 0, 0, 2, "no_backend"),
-        AccessRecord('q"=x', "", "b\nc", 1e-9, 3600000.0, 1 << 40, 7, 1, "denied"),
+                     "-", "client_closed"),
+        AccessRecord("my svc", "[::1]:80", "-", -1.0, 0.0, 0, 0, 2, "refused,one_client",
+                     "no_backend"),
+        AccessRecord('q"=x', "", "b\nc", 1e-9, 3600000.0, 1 << 40, 7, 1, "-", "denied"),
     ):  # fmt: skip
         written.clear()
         log.access(record)

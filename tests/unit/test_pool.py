@@ -22,10 +22,12 @@ class Events:
 
     def __init__(self, pool: Pool) -> None:
         self.events: list[tuple[str, str, str]] = []
-        self.panics: list[tuple[bool, int]] = []
+        self.panics: list[tuple[bool, int, int, int]] = []
         self.rebuilds: list[tuple[int, ...]] = []
         pool.listeners.append(lambda event, b, text: self.events.append((event, b.key, text)))
-        pool.panic_listeners.append(lambda panicking, n: self.panics.append((panicking, n)))
+        pool.panic_listeners.append(
+            lambda c: self.panics.append((c.panicking, c.healthy, c.spread, c.enabled))
+        )
         pool.rebuild_listeners.append(
             lambda p: self.rebuilds.append(tuple(b.address.port for b in p.eligible))
         )
@@ -114,13 +116,13 @@ def test_panic_spreads_over_every_enabled_backend_when_none_is_up() -> None:
     events = Events(pool)
     a, b, c = (pool.add(address(p)) for p in (9001, 9002, 9003))
     pool.set_state(c, MAINTENANCE)
-    pool.set_health(a, DOWN, "refused")
-    assert not pool.panicking and list(pool.eligible) == [b]
-    pool.set_health(b, DOWN, "refused")
+    pool.set_health(a, DOWN, "ejected")
+    assert not pool.panicking and list(pool.eligible) == [b]  # (1 of 2 is half: no panic)
+    pool.set_health(b, DOWN, "ejected")
     assert pool.panicking and list(pool.eligible) == [a, b]  # (not the one in maintenance)
     pool.set_health(a, UP, "back")
     assert not pool.panicking and list(pool.eligible) == [a]
-    assert events.panics == [(True, 2), (False, 1)]
+    assert events.panics == [(True, 0, 2, 2), (False, 1, 1, 2)]
 
 
 def test_without_panic_no_backend_up_means_none_eligible() -> None:
@@ -171,3 +173,44 @@ def test_check_state() -> None:
         check_state(state)
     with pytest.raises(ValueError, match="state must be one of enabled, drain, maintenance"):
         check_state("up")
+
+
+def test_panic_below_the_threshold_spreads_over_what_the_checks_hold_up() -> None:
+    pool = Pool("web", RoundRobin(), panic=True, panic_threshold=50)
+    events = Events(pool)
+    a, b, c, d = (pool.add(address(p)) for p in (9001, 9002, 9003, 9004))
+    # Two passively ejected (down, but the checks still say up), one down by the checks.
+    for ejected in (a, b):
+        pool.set_health(ejected, DOWN, "ejected")
+    c.checks_up = False
+    pool.set_health(c, DOWN, "3 consecutive tcp check failures")
+    assert pool.panicking  # 1 of 4 up: below half
+    assert list(pool.eligible) == [a, b, d]  # (never the one the checks hold down)
+    assert events.panics == [(True, 1, 3, 4)]
+    pool.set_health(a, UP, "back")
+    assert not pool.panicking and list(pool.eligible) == [a, d]  # 2 of 4: not below half
+    assert events.panics[-1] == (False, 2, 2, 4)
+
+
+def test_no_panic_when_the_checks_hold_up_no_more_than_are_up() -> None:
+    pool = Pool("web", RoundRobin(), panic=True, panic_threshold=50)
+    a, b, c = (pool.add(address(p)) for p in (9001, 9002, 9003))
+    for down in (a, b):
+        down.checks_up = False
+        pool.set_health(down, DOWN, "3 consecutive tcp check failures")
+    assert not pool.panicking and list(pool.eligible) == [c]
+    c.checks_up = False
+    pool.set_health(c, DOWN, "3 consecutive tcp check failures")
+    assert not pool.panicking and list(pool.eligible) == []
+
+
+def test_the_panic_threshold_is_a_share_of_the_enabled_backends() -> None:
+    pool = Pool("web", RoundRobin(), panic=True, panic_threshold=75)
+    a, b, c, d = (pool.add(address(p)) for p in (9001, 9002, 9003, 9004))
+    pool.set_health(a, DOWN, "ejected")
+    assert not pool.panicking  # 3 of 4 is 75%: not below
+    pool.set_health(b, DOWN, "ejected")
+    assert pool.panicking and len(pool.eligible) == 4
+    pool.set_state(a, DRAIN)
+    pool.set_state(b, DRAIN)
+    assert not pool.panicking and list(pool.eligible) == [c, d]  # 2 of 2 enabled

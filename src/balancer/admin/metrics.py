@@ -51,7 +51,16 @@ class Collector:
         )
         failures = CounterMetricFamily(
             "balancer_backend_failures",
-            "Passive failures: refused or timed-out connects, resets before answering.",
+            "Passive failures by the rule that judged them (refused, connect and "
+            "before_request count against the backend, several_clients too; one_client not).",
+            labels=[*labels, "rule"],
+        )
+        ejections = CounterMetricFamily(
+            "balancer_backend_ejections", "Passive ejections of a backend.", labels=labels
+        )
+        ejections_refused = CounterMetricFamily(
+            "balancer_backend_ejections_refused",
+            "Passive ejections not made: max_ejection_percent of the backends were out.",
             labels=labels,
         )
         transitions = CounterMetricFamily(
@@ -83,6 +92,12 @@ class Collector:
         service_conns = CounterMetricFamily(
             "balancer_service_connections", "Client connections accepted.", labels=["service"]
         )
+        panic = GaugeMetricFamily(
+            "balancer_service_panic",
+            "1 while the service panics: too few backends up, it spreads over those the "
+            "active checks hold up.",
+            labels=["service"],
+        )
         refused = CounterMetricFamily(
             "balancer_refused_connections",
             "Clients refused by ACLs, limits, queues or a bad PROXY header.",
@@ -95,6 +110,7 @@ class Collector:
             service_active.add_metric([service.name], opened)
             service_queued.add_metric([service.name], service.queued())
             service_conns.add_metric([service.name], service.accepted + opened)
+            panic.add_metric([service.name], 1 if service.pool.panicking else 0)
             for reason, count in service.stats.terminations.items():
                 if reason in ("no_backend", "connect_failed", "client_aborted"):
                     terminations.add_metric([service.name, "", reason], count)
@@ -109,7 +125,10 @@ class Collector:
                 weight.add_metric(key, b.weight)
                 received.add_metric(key, b.bytes_in + live_in)
                 sent.add_metric(key, b.bytes_out + live_out)
-                failures.add_metric(key, b.failures)
+                for rule, count in b.failures.items():
+                    failures.add_metric([*key, rule], count)
+                ejections.add_metric(key, b.ejections)
+                ejections_refused.add_metric(key, b.ejections_refused)
                 for to, count in b.transitions.items():
                     transitions.add_metric([*key, to], count)
                 for reason, count in b.stats.terminations.items():
@@ -117,6 +136,7 @@ class Collector:
                 connect.add_metric(key, b.stats.connect.cumulative(), b.stats.connect.sum)
                 duration.add_metric(key, b.stats.duration.cumulative(), b.stats.duration.sum)
         yield from (
-            service_conns, service_active, service_queued, refused, conns, active, up, eligible,
-            weight, received, sent, failures, transitions, terminations, connect, duration,
+            service_conns, service_active, service_queued, panic, refused, conns, active, up,
+            eligible, weight, received, sent, failures, ejections, ejections_refused,
+            transitions, terminations, connect, duration,
         )  # fmt: skip

@@ -54,6 +54,9 @@ class Limits:
     client_max_connections: int = 0  # open connections per client address
     client_rate: float = 0.0  # new connections per second per client address (token bucket)
     client_burst: int = 0  # bucket size; default: the rate, at least 1
+    # New connections per second a client named as causing most of a backend's failures may
+    # make, for a failure_window after it is named (0: no limit).
+    suspect_rate: float = 0.0
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: everyone
     deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
@@ -84,7 +87,17 @@ class PassiveConfig:
     retry_replay: bool = False  # replay the client's first bytes when a backend dies unanswered
     replay_limit: int = 16384
     slow_start: float = 0.0  # seconds over which a returning backend's weight ramps up
-    panic: bool = False  # when no backend is up, spread over all instead of refusing
+    # Passive ejection takes out at most this share of the enabled backends: at least one,
+    # never all (Envoy's max_ejection_percent).
+    max_ejection_percent: int = 10
+    # Below this share of enabled backends eligible, spread over those the active checks hold
+    # up, passive ejections or not (Envoy's panic threshold).
+    panic: bool = True
+    panic_threshold: int = 50
+    # A failure after the client's bytes reached the backend may be the client's doing: it
+    # counts only once this many client addresses have failed alike within the window.
+    failure_clients: int = 3
+    failure_window: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,7 @@ def _limits(table: _Table) -> Limits:
         ),
         client_rate=rate,
         client_burst=table.get("client_burst", max(1, round(rate)), values.int_in(1, 10_000_000)),
+        suspect_rate=table.get("suspect_rate", d.suspect_rate, values.rate),
         allow=table.get("allow", d.allow, values.networks),
         deny=table.get("deny", d.deny, values.networks),
     )
@@ -220,7 +221,13 @@ def _passive(table: _Table) -> PassiveConfig:
         retry_replay=table.get("retry_replay", d.retry_replay, values.boolean),
         replay_limit=table.get("replay_limit", d.replay_limit, values.int_in(1, 1 << 20)),
         slow_start=table.get("slow_start", d.slow_start, parse_duration),
+        max_ejection_percent=table.get(
+            "max_ejection_percent", d.max_ejection_percent, values.int_in(0, 100)
+        ),
         panic=table.get("panic", d.panic, values.boolean),
+        panic_threshold=table.get("panic_threshold", d.panic_threshold, values.int_in(0, 100)),
+        failure_clients=table.get("failure_clients", d.failure_clients, values.int_in(1, 100)),
+        failure_window=table.get("failure_window", d.failure_window, values.positive_duration),
     )
 
 

@@ -6,6 +6,7 @@ of workers that died, so the totals never go back.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,7 @@ def worker_figures(services: dict[str, Service]) -> dict[str, Any]:
                 "bytes_in": b.bytes_in + live_in,
                 "bytes_out": b.bytes_out + live_out,
                 "connect_failures": b.connect_failures,
+                "failures": dict(b.failures),
                 "stats": _stats_wire(b.stats),
             }
         figures[name] = {
@@ -75,6 +77,7 @@ class Totals:
     bytes_in: int = 0
     bytes_out: int = 0
     connect_failures: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
     stats: BackendStats = field(default_factory=BackendStats)
 
     def add_totals(self, other: Totals) -> None:
@@ -82,6 +85,7 @@ class Totals:
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
         self.connect_failures += other.connect_failures
+        self.failures.update(other.failures)
         self.stats.connect.merge(other.stats.connect)
         self.stats.duration.merge(other.stats.duration)
         self.stats.terminations.update(other.stats.terminations)
@@ -91,6 +95,7 @@ class Totals:
         self.bytes_in += figures.get("bytes_in", 0)
         self.bytes_out += figures.get("bytes_out", 0)
         self.connect_failures += figures.get("connect_failures", 0)
+        self.failures.update(figures.get("failures", {}))
         other = _stats_from_wire(figures["stats"])
         self.stats.connect.merge(other.connect)
         self.stats.duration.merge(other.duration)

@@ -15,12 +15,12 @@ from balancer.pool.pool import Pool
 if TYPE_CHECKING:
     from balancer.service.service import Service
 
-Snapshot = list[tuple[Address, int, float, str, str, int]]
+Snapshot = list[tuple[Address, int, float, str, bool, str, int]]
 
 
 def pool_snapshot(pool: Pool) -> Snapshot:
     return [
-        (b.address, b.weight, b.effective_weight, b.health, b.state, b.slot)
+        (b.address, b.weight, b.effective_weight, b.health, b.checks_up, b.state, b.slot)
         for b in pool.backends.values()
     ]
 
@@ -30,12 +30,13 @@ def apply_snapshot(pool: Pool, snapshot: Snapshot) -> None:
     wanted = {item[0]: item for item in snapshot}
     for address in [a for a in pool.backends if a not in wanted]:
         pool.stage_remove(address)
-    for address, weight, effective, health, state, slot in snapshot:
+    for address, weight, effective, health, checks_up, state, slot in snapshot:
         backend = pool.backends.get(address)
         if backend is None:
             backend = pool.stage_add(address, weight, health)
         backend.weight, backend.effective_weight = weight, effective
-        backend.health, backend.state, backend.slot = health, state, slot
+        backend.health, backend.checks_up = health, checks_up
+        backend.state, backend.slot = state, slot
     pool.rebuild()
 
 
@@ -52,7 +53,8 @@ class BackendObjects:
     address, as in the cell."""
 
     SETTINGS = (
-        "weight", "effective_weight", "health", "state", "max_connections", "send_proxy",
+        "weight", "effective_weight", "health", "checks_up", "state", "max_connections",
+        "send_proxy",
     )  # fmt: skip
 
     def __init__(self) -> None:

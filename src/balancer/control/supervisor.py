@@ -431,6 +431,7 @@ class Supervisor:
                             t.add(item)
                     b.total, b.bytes_in, b.bytes_out = t.total, t.bytes_in, t.bytes_out
                     b.connect_failures = t.connect_failures
+                    b.failures = t.failures
                     b.stats = t.stats
                 summed[(name, key)] = (b, signature)
                 b.active = self.shared.total(b.slot) if b.slot >= 0 else 0

@@ -47,7 +47,6 @@ class RemoteHealth:
         pass  # (the supervisor's health has the settings)
 
     def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None:
-        backend.failures += 1
         self.failing.add(backend.key)
         self.link.post(("failure", self.service, backend.key, error, refused))
 

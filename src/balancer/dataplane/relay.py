@@ -66,8 +66,10 @@ class Service(Protocol):
     def refusal(self, reason: Termination, peer: str, detail: str) -> None: ...
     def algorithm_failed(self, session: Session, exc: Exception) -> None: ...
     def log_no_backend(self, session: Session, error: str) -> None: ...
-    def connect_failed(self, backend: Backend, error: str, *, refused: bool) -> None: ...
-    def backend_failed(self, backend: Backend, error: str) -> None: ...
+    def connect_failed(self, backend: Backend, error: str, *, refused: bool) -> str: ...
+    def backend_failed(
+        self, backend: Backend, error: str, client: str, forwarded: bool
+    ) -> str: ...
     def backend_answered(self, backend: Backend) -> None: ...
     def finished(self, session: Session, record: AccessRecord) -> None: ...
 
@@ -115,6 +117,7 @@ class Session(asyncio.Protocol):
         "dial",
         "dial_started",
         "dialing",
+        "failures",
         "finished",
         "full",
         "header_buffer",
@@ -183,6 +186,7 @@ class Session(asyncio.Protocol):
         self.dial_started = 0.0
         self.full = False  # a candidate was skipped for being at its max_connections
         self.last_error = ""
+        self.failures = ""  # the rule that judged each failed backend, comma-separated
         self.queue_timer: asyncio.TimerHandle | None = None
         self.queued_until = 0.0  # when the wait in the queue ends, from the first time queued
         self.finished = False
@@ -440,7 +444,7 @@ class Session(asyncio.Protocol):
             self._refuse(Termination.NO_RESOURCES)
             return
         refused = isinstance(exc, ConnectionRefusedError)
-        service.connect_failed(backend, self.last_error, refused=refused)
+        self._failed(service.connect_failed(backend, self.last_error, refused=refused))
         self._next()
 
     def _queue(self) -> None:
@@ -599,7 +603,11 @@ class Session(asyncio.Protocol):
             return False  # a client that sent nothing, closed by the backend's idle timeout
         self.last_error = f"{describe_error(exc)} before answering"
         upstream.blamed = True
-        service.backend_failed(upstream.backend, describe_error(exc))
+        self._failed(
+            service.backend_failed(
+                upstream.backend, describe_error(exc), self.client_ip, self.bytes_in > 0
+            )
+        )
         if self.termination is not None and self.termination is not Termination.CLIENT_CLOSED:
             return False  # (ending already; a client's half-close is no reason not to retry)
         if self.bytes_in and self.replay is None:
@@ -616,6 +624,9 @@ class Session(asyncio.Protocol):
         self.client.target = None
         self._connect()
         return True
+
+    def _failed(self, rule: str) -> None:
+        self.failures = f"{self.failures},{rule}" if self.failures else rule
 
     def upstream_eof(self, upstream: Upstream) -> None:
         if self._failed_early(upstream, None):
@@ -733,6 +744,7 @@ class Session(asyncio.Protocol):
                 bytes_in=self.bytes_in_then,
                 bytes_out=self.bytes_out_then,
                 retries=max(self.attempts - 1, 0),
+                failures=self.failures or "-",
                 termination=str(self.termination or Termination.CLIENT_CLOSED),
             ),
         )

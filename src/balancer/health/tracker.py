@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from balancer.config.model import HealthCheckConfig, PassiveConfig
 from balancer.health.probe import SKIPPED, probe
-from balancer.pool.backend import DOWN, UP, Backend
+from balancer.pool.backend import DOWN, ENABLED, UP, Backend
 from balancer.pool.pool import Pool
 
 JITTER = 0.1  # each interval is stretched or shrunk by up to 10%, so checks do not fire together
@@ -34,9 +35,25 @@ class Tracking:
     ejection_time: float = 0.0
     ejected_until: float = 0.0
     returned_at: float = 0.0
+    refusal_logged: float = -1e9  # when a refusal by the ejection cap was last logged
+    refusals_unlogged: int = 0
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
     ramp: asyncio.TimerHandle | None = None
+
+
+# Told of what health did that is no state change of a backend: notice(event, backend, text).
+Notice = Callable[[str, Backend, str], None]
+
+
+def ejection_cap(enabled: int, percent: int) -> int:
+    """How many of `enabled` backends passive ejection may hold down at once: `percent` of
+    them, at least one and never all (Envoy's max_ejection_percent); 0% none, 100% all."""
+    if percent <= 0 or enabled == 0:
+        return 0
+    if percent >= 100:
+        return enabled
+    return min(enabled - 1, max(1, enabled * percent // 100))
 
 
 class Health:
@@ -46,11 +63,13 @@ class Health:
         check: HealthCheckConfig,
         passive: PassiveConfig,
         send_proxy: str | None = None,
+        notice: Notice | None = None,
     ) -> None:
         self.pool = pool
         self.check = check
         self.passive = passive
         self.send_proxy = send_proxy  # the service's: the PROXY header its backends expect
+        self.notice = notice
         self.tracking: dict[Backend, Tracking] = {}
 
     def _track(self, backend: Backend) -> Tracking:
@@ -92,9 +111,11 @@ class Health:
         self.check, self.passive = check, passive
         if not check.enabled:
             for backend in list(self.pool.backends.values()):
+                backend.checks_up = True  # (no check holds anything down)
                 tracking = self._track(backend)
                 if backend.health == DOWN and tracking.timer is None:
                     self._up(backend, "health checks turned off")
+            self.pool.rebuild()
 
     @staticmethod
     def _cancel(tracking: Tracking) -> None:
@@ -126,9 +147,12 @@ class Health:
         # A backend that has never been up nor down (a discovered port) needs one pass.
         first = not backend.transitions.get(UP) and not backend.transitions.get(DOWN)
         kind = self.check.type
+        verdict, health = backend.checks_up, backend.health
         if error is None:
             tracking.ok += 1
             tracking.failed = 0
+            if first or tracking.ok >= self.check.rise:
+                backend.checks_up = True
             if backend.health == DOWN and time.monotonic() >= tracking.ejected_until:
                 if first:
                     self._up(backend, f"{kind} check passed")
@@ -137,6 +161,8 @@ class Health:
         else:
             tracking.failed += 1
             tracking.ok = 0
+            if tracking.failed >= self.check.fall:
+                backend.checks_up = False
             if backend.health == UP and tracking.failed >= self.check.fall:
                 plural = "s" if tracking.failed > 1 else ""
                 self.pool.set_health(
@@ -144,12 +170,15 @@ class Health:
                     DOWN,
                     f"{tracking.failed} consecutive {kind} check failure{plural}, {error}",
                 )
+        if backend.checks_up != verdict and backend.health == health and self.pool.panic:
+            # The checks' verdict on an ejected backend decides whether a panic may use it.
+            self.pool.rebuild()
 
     # -- passive detection -----------------------------------------------------------------
 
     def passive_failure(self, backend: Backend, error: str, *, refused: bool) -> None:
-        """A connect was refused or timed out, or the backend reset before answering."""
-        backend.failures += 1
+        """A failure the data plane judged the backend's (see service.blame): a refused or
+        timed-out connect, or a close or reset before it answered."""
         tracking = self._track(backend)
         tracking.ok = 0  # a live failure outweighs earlier passed checks
         if refused:
@@ -159,14 +188,46 @@ class Health:
             tracking.fails += 1
             count, limit, what = tracking.fails, self.passive.max_fails, "failure"
         if count >= limit and backend.health == UP:
-            self._eject(
-                backend, tracking, f"{count} consecutive {what}{'s' if count > 1 else ''} ({error})"
-            )
+            why = f"{count} consecutive {what}{'s' if count > 1 else ''} ({error})"
+            if self._may_eject(backend):
+                self._eject(backend, tracking, why)
+            else:
+                self._refuse_ejection(backend, tracking, why)
 
     def passive_success(self, backend: Backend) -> None:
         tracking = self.tracking.get(backend)
         if tracking is not None:
             tracking.fails = tracking.refused = 0
+
+    def _may_eject(self, backend: Backend) -> bool:
+        enabled = [b for b in self.pool.backends.values() if b.state == ENABLED]
+        if backend.state != ENABLED:
+            return True  # (it takes no new connection: its ejection costs no capacity)
+        # Down while the checks say up: ejected, or out of an ejection and waiting for `rise`
+        # passes (the checks' own verdict, once they find it down, is no ejection's doing).
+        held = sum(1 for b in enabled if b.health == DOWN and b.checks_up)
+        return held < ejection_cap(len(enabled), self.passive.max_ejection_percent)
+
+    def _refuse_ejection(self, backend: Backend, tracking: Tracking, why: str) -> None:
+        """The cap holds: the backend stays in, its count starts again, and the refusal is
+        counted, and logged at most once per failure_window for each backend."""
+        tracking.fails = tracking.refused = 0
+        backend.ejections_refused += 1
+        tracking.refusals_unlogged += 1
+        now = time.monotonic()
+        if self.notice is not None and now - tracking.refusal_logged >= self.passive.failure_window:
+            enabled = sum(1 for b in self.pool.backends.values() if b.state == ENABLED)
+            cap = ejection_cap(enabled, self.passive.max_ejection_percent)
+            more = tracking.refusals_unlogged - 1
+            self.notice(
+                "ejection_refused",
+                backend,
+                f"not ejected after {why}: {cap} of {enabled} enabled backends may be ejected at "
+                f"once (max_ejection_percent {self.passive.max_ejection_percent})"
+                + (f"; {more} more refused since the last line" if more else ""),
+            )
+            tracking.refusal_logged = now
+            tracking.refusals_unlogged = 0
 
     def _eject(self, backend: Backend, tracking: Tracking, why: str) -> None:
         now = time.monotonic()
@@ -186,11 +247,14 @@ class Health:
         tracking.timer = asyncio.get_running_loop().call_later(
             duration, self._ejection_over, backend
         )
+        backend.ejected = True
+        backend.ejections += 1
         self.pool.set_health(backend, DOWN, f"ejected for {duration:g}s after {why}")
 
     def _ejection_over(self, backend: Backend) -> None:
         tracking = self._track(backend)
         tracking.timer = None
+        backend.ejected = False
         if backend.health == UP:
             return
         if not self.check.enabled:
@@ -204,6 +268,7 @@ class Health:
     def _up(self, backend: Backend, reason: str) -> None:
         tracking = self._track(backend)
         tracking.returned_at = time.monotonic()
+        backend.ejected = False
         if tracking.ramp is not None:
             tracking.ramp.cancel()
             tracking.ramp = None

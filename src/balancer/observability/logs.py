@@ -25,6 +25,7 @@ class AccessRecord:
     bytes_in: int
     bytes_out: int
     retries: int
+    failures: str  # the rule that judged each failed backend, comma-separated, or "-"
     termination: str
 
 
@@ -39,6 +40,7 @@ def access_fields(record: AccessRecord) -> dict[str, Any]:
         "bytes_in": record.bytes_in,
         "bytes_out": record.bytes_out,
         "retries": record.retries,
+        "failures": record.failures,
         "termination": record.termination,
     }
 
@@ -122,7 +124,7 @@ class EventLog:
                 f"connect_ms={record.connect_ms:.3f} "
                 f"duration_ms={record.duration_ms:.3f} bytes_in={record.bytes_in} "
                 f"bytes_out={record.bytes_out} retries={record.retries} "
-                f"termination={_quote_name(record.termination)}",
+                f"failures={record.failures} termination={_quote_name(record.termination)}",
                 flush=False,
             )
             return

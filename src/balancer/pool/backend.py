@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from balancer.core.address import Address
@@ -26,8 +27,12 @@ class Backend:
         "address",
         "bytes_in",
         "bytes_out",
+        "checks_up",
         "connect_failures",
         "effective_weight",
+        "ejected",
+        "ejections",
+        "ejections_refused",
         "failures",
         "health",
         "key",
@@ -49,7 +54,9 @@ class Backend:
         self.weight = weight
         # What selection uses: the weight, or less while a returning backend slow-starts.
         self.effective_weight: float = weight
-        self.health = health
+        self.health = health  # what the pool goes by: checks and passive ejection together
+        self.checks_up = health == UP  # the active checks' own verdict (up while they are off)
+        self.ejected = False  # held down by a passive ejection
         self.state = ENABLED
         self._active = 0  # open connections in this process (`active`)
         self._others = 0  # open connections on other worker processes, as of the last pick
@@ -62,7 +69,9 @@ class Backend:
         self.total = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.failures = 0
+        self.failures: Counter[str] = Counter()  # passive failures by the rule that judged them
+        self.ejections = 0  # passive ejections
+        self.ejections_refused = 0  # passive ejections the cap refused
         self.connect_failures = 0
         self.transitions: dict[str, int] = {}
         self.stats = BackendStats()
@@ -90,10 +99,6 @@ class Backend:
             self._others = count
             if self.moved is not None:
                 self.moved(self)
-
-    @property
-    def eligible(self) -> bool:
-        return self.health == UP and self.state == ENABLED
 
     def __repr__(self) -> str:
         return (

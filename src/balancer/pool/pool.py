@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from balancer.core.address import Address
 from balancer.pool.backend import ENABLED, UP, Backend, check_state
@@ -25,6 +25,15 @@ class Algorithm(Protocol):
         """Backends for a connection from `client` (its IP address), best first."""
 
 
+class Panic(NamedTuple):
+    """A service going into panic or out of it."""
+
+    panicking: bool
+    healthy: int  # enabled backends up
+    spread: int  # backends taking traffic: those the active checks hold up, in a panic
+    enabled: int
+
+
 # Called as listener(event, backend, message), e.g. ("down", b, "connection refused").
 ChangeListener = Callable[[str, Backend, str], None]
 
@@ -32,14 +41,17 @@ ChangeListener = Callable[[str, Backend, str], None]
 class Pool:
     """The backends of one service and the algorithm choosing among the eligible ones."""
 
-    def __init__(self, name: str, algorithm: Algorithm, *, panic: bool = False) -> None:
+    def __init__(
+        self, name: str, algorithm: Algorithm, *, panic: bool = False, panic_threshold: int = 50
+    ) -> None:
         self.name = name
         self.algorithm = algorithm
         self.panic = panic
+        self.panic_threshold = panic_threshold  # percent of the enabled backends
         self.panicking = False
         self.backends: dict[Address, Backend] = {}
         self.listeners: list[ChangeListener] = []
-        self.panic_listeners: list[Callable[[bool, int], None]] = []
+        self.panic_listeners: list[Callable[[Panic], None]] = []
         self.rebuild_listeners: list[Callable[[Pool], None]] = []
         self.eligible: tuple[Backend, ...] = ()
         # Removed while connections were open: if the address comes back before they end, the
@@ -52,16 +64,20 @@ class Pool:
             listener(event, backend, message)
 
     def rebuild(self) -> None:
-        eligible = tuple(b for b in self.backends.values() if b.eligible)
+        enabled = [b for b in self.backends.values() if b.state == ENABLED]
+        eligible = healthy = tuple(b for b in enabled if b.health == UP)
         panicking = False
-        if not eligible and self.panic:
-            # Envoy's panic mode: better to try every enabled backend than to refuse everyone.
-            eligible = tuple(b for b in self.backends.values() if b.state == ENABLED)
-            panicking = bool(eligible)
+        if self.panic and len(healthy) * 100 < self.panic_threshold * len(enabled):
+            # Envoy's panic mode, bounded by what the active checks see: a passive ejection
+            # is what a client can provoke, and too many of them must not refuse everyone.
+            held_up = tuple(b for b in enabled if b.checks_up)
+            if len(held_up) > len(healthy):
+                panicking, eligible = True, held_up
         if panicking != self.panicking:
             self.panicking = panicking
+            change = Panic(panicking, len(healthy), len(eligible), len(enabled))
             for panic_listener in self.panic_listeners:
-                panic_listener(panicking, len(eligible))
+                panic_listener(change)
         self.eligible = eligible
         self.algorithm.update(eligible)
         for rebuilt in self.rebuild_listeners:

@@ -28,6 +28,8 @@ class Admission:
         self.limits = limits  # (a reload sets the new ones; counts and buckets carry on)
         self.per_client: dict[str, int] = {}  # open connections per client address
         self.buckets: dict[str, tuple[float, float]] = {}  # client address: (tokens, when)
+        # Clients named as causing most of a backend's failures: until when, and their bucket.
+        self.suspects: dict[str, tuple[float, float, float]] = {}  # (until, tokens, when)
 
     def check(self, ip: str, now: float) -> Refusal | None:
         """None if a client at `ip` may go on (it is then counted until `left`), else why not.
@@ -45,6 +47,12 @@ class Admission:
                 allowed = False
             if not allowed:
                 return Refusal(Termination.DENIED, "address not allowed")
+        if self.suspects and not self._suspect_may(ip, now):
+            return Refusal(
+                Termination.RATE_LIMITED,
+                f"named as causing most of a backend's failures: over {limits.suspect_rate:g} "
+                "connections/s",
+            )
         if limits.client_max_connections and (
             self.per_client.get(ip, 0) >= limits.client_max_connections
         ):
@@ -56,6 +64,28 @@ class Admission:
             return Refusal(Termination.RATE_LIMITED, f"over {limits.client_rate:g} connections/s")
         self.per_client[ip] = self.per_client.get(ip, 0) + 1
         return None
+
+    def suspect(self, ip: str, until: float) -> None:
+        """Hold `ip` to `suspect_rate` new connections per second until `until`."""
+        if self.limits.suspect_rate and (ip in self.suspects or len(self.suspects) < MAX_BUCKETS):
+            burst = max(1.0, self.limits.suspect_rate)
+            self.suspects[ip] = (until, burst, 0.0)
+
+    def _suspect_may(self, ip: str, now: float) -> bool:
+        entry = self.suspects.get(ip)
+        if entry is None:
+            return True
+        until, tokens, last = entry
+        rate = self.limits.suspect_rate
+        if now >= until or not rate:
+            del self.suspects[ip]
+            return True
+        tokens = min(max(1.0, rate), tokens + (now - last) * rate if last else tokens)
+        if tokens < 1.0:
+            self.suspects[ip] = (until, tokens, now)
+            return False
+        self.suspects[ip] = (until, tokens - 1.0, now)
+        return True
 
     def left(self, ip: str) -> None:
         """A client that `check` let in has closed."""

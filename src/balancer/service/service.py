@@ -28,8 +28,9 @@ from balancer.observability.logs import AccessRecord, EventLog
 from balancer.observability.stats import BackendStats
 from balancer.pool.backend import ENABLED, Backend
 from balancer.pool.discovery import wanted_backends
-from balancer.pool.pool import Pool
+from balancer.pool.pool import Panic, Pool
 from balancer.service.admission import Admission
+from balancer.service.blame import Blame
 from balancer.service.budget import Budget
 from balancer.service.queue import BackendQueue, free_slots
 from balancer.service.shared import SharedCursor, SharedState
@@ -100,7 +101,12 @@ class Service:
         self.budget = budget or Budget()
         self.budget.services.append(self)
         algorithm = selection.create(config.algorithm)
-        self.pool = Pool(config.name, algorithm, panic=config.passive.panic)
+        passive = config.passive
+        self.pool = Pool(
+            config.name, algorithm, panic=passive.panic, panic_threshold=passive.panic_threshold
+        )
+        self.blame = Blame(passive)
+        self.suspects_timer: asyncio.TimerHandle | None = None  # ends the blame's window
         self.algorithm_failures = 0  # times it raised instead of choosing
         if not worker:
             self.pool.listeners.append(self._state_changed)
@@ -144,7 +150,9 @@ class Service:
         if self.health_factory is not None:
             return self.health_factory(self)
         config = self.config
-        return Health(self.pool, config.health_check, config.passive, config.send_proxy)
+        return Health(
+            self.pool, config.health_check, config.passive, config.send_proxy, self._notice
+        )
 
     def share(self, shared: SharedState, worker: int, cursor: int) -> None:
         """Count connections across workers, and walk one round-robin schedule with them."""
@@ -289,9 +297,12 @@ class Service:
         if config.algorithm != old.algorithm:
             self.pool.replace_algorithm(selection.create(config.algorithm))
         self.pool.panic = config.passive.panic
+        self.pool.panic_threshold = config.passive.panic_threshold
+        self.blame.passive = config.passive
         wanted = wanted_backends(config)
         for address in [a for a in self.pool.backends if a not in wanted]:
             self.pool.remove(address, "reload")
+            self.blame.forget(str(address))
         for address, (backend_config, health) in wanted.items():
             backend = self.pool.backends.get(address)
             if backend is None:
@@ -318,23 +329,67 @@ class Service:
             backend=backend.key,
         )
 
-    def _panic_changed(self, panicking: bool, count: int) -> None:
-        if panicking:
-            message = f"panic: no backend is up, spreading over all {count} enabled backends"
-        elif count:
-            message = "panic over: a backend is up again"
-        else:
+    def _notice(self, event: str, backend: Backend, message: str) -> None:
+        self.log.event(
+            event, f"{backend.key} {event}: {message}", service=self.name, backend=backend.key
+        )
+
+    def _panic_changed(self, change: Panic) -> None:
+        up = f"{change.healthy} of {change.enabled} enabled backends up"
+        threshold = self.pool.panic_threshold
+        if change.panicking:
+            message = (
+                f"panic: {up}, below panic_threshold {threshold}%: spreading over the "
+                f"{change.spread} that the active checks hold up"
+            )
+        elif not change.enabled:
             message = "panic over: no backend is enabled"
-        self.log.event("panic" if panicking else "panic_over", message, service=self.name)
+        elif change.healthy * 100 >= threshold * change.enabled:
+            message = f"panic over: {up}"
+        else:
+            message = f"panic over: {up}, and the active checks hold up no more"
+        self.log.event("panic" if change.panicking else "panic_over", message, service=self.name)
 
-    def connect_failed(self, backend: Backend, error: str, *, refused: bool) -> None:
-        """Passive detection: a connect was refused or timed out."""
+    def connect_failed(self, backend: Backend, error: str, *, refused: bool) -> str:
+        """Passive detection: a connect was refused or timed out. The rule that judged it."""
         backend.connect_failures += 1
+        verdict = self.blame.connect_failed(refused=refused)
+        backend.failures[verdict.rule] += 1
         self.health.passive_failure(backend, f"connect: {error}", refused=refused)
+        return verdict.rule
 
-    def backend_failed(self, backend: Backend, error: str) -> None:
-        """Passive detection: a connected backend closed or reset before answering."""
-        self.health.passive_failure(backend, f"{error} before answering", refused=False)
+    def backend_failed(self, backend: Backend, error: str, client: str, forwarded: bool) -> str:
+        """Passive detection: a connected backend closed or reset before answering, after
+        the client's bytes reached it (`forwarded`) or not. The rule that judged it."""
+        now = time.monotonic()
+        verdict = self.blame.closed_early(backend.key, client, forwarded=forwarded, now=now)
+        backend.failures[verdict.rule] += 1
+        if verdict.counted:
+            self.health.passive_failure(backend, f"{error} before answering", refused=False)
+        if self.blame.window_open and self.suspects_timer is None and self.loop is not None:
+            window = self.config.passive.failure_window
+            self.suspects_timer = self.loop.call_later(window, self._report_suspects)
+        return verdict.rule
+
+    def _report_suspects(self) -> None:
+        self.suspects_timer = None
+        now = time.monotonic()
+        window, rate = self.config.passive.failure_window, self.config.limits.suspect_rate
+        for suspect in self.blame.close_window(now):
+            if rate:
+                self.admission.suspect(suspect.client, now + window)
+                limit = f"limited to {rate:g} new connections/s for {window:g}s (suspect_rate)"
+            else:
+                limit = "suspect_rate, client_rate or client_max_connections can limit it"
+            self.log.event(
+                "suspect_client",
+                f"{suspect.client} caused {suspect.failures} of the {suspect.total} failures "
+                f"of {suspect.backend} after a request in the last {suspect.window:.0f}s, which "
+                f"count against it only once several clients fail alike; {limit}",
+                service=self.name,
+                backend=suspect.backend,
+                client=suspect.client,
+            )
 
     def backend_answered(self, backend: Backend) -> None:
         self.health.passive_success(backend)
@@ -516,6 +571,7 @@ class Service:
     def remove_backend(self, backend: Backend, reason: str) -> None:
         if self.pool.backends.get(backend.address) is backend:
             self.pool.remove(backend.address, reason)
+            self.blame.forget(backend.key)
             self.health.sync()
 
     def stop_accepting(self) -> None:
@@ -535,5 +591,7 @@ class Service:
     def stop(self) -> None:
         self.stop_accepting()
         self.health.stop()
+        if self.suspects_timer is not None:
+            self.suspects_timer.cancel()
         for session in list(self.sessions):
             session.end(Termination.SHUTDOWN)
