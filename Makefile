@@ -4,19 +4,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
+# The data plane is compiled into the package: a change to it means installing again.
+RUST := rust/Cargo.toml rust/Cargo.lock $(wildcard rust/src/*.rs)
 TOOLS := $(VENV)/.installed-test
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test lint rust-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(RUNTIME): pyproject.toml | $(BIN)/python
+$(RUNTIME): pyproject.toml $(RUST) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(TOOLS): pyproject.toml | $(BIN)/python
+$(TOOLS): pyproject.toml $(RUST) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(RUNTIME)
 
@@ -29,7 +31,11 @@ lint: $(TOOLS)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy src tests
 
-test: lint
+# The data plane's own tests and lints (rust/): unit tests, and clippy with warnings as errors.
+rust-check:
+	cd rust && cargo test --release --quiet && cargo clippy --release --all-targets --quiet -- -D warnings
+
+test: lint rust-check
 	$(BIN)/pytest
 
 # Benchmark against HAProxy and nginx stream on 127.0.0.1 (a few minutes; see balancer bench -h).
@@ -37,4 +43,4 @@ bench: $(RUNTIME)
 	$(BIN)/balancer bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis rust/target

@@ -134,7 +134,7 @@ def test_floor_column_only_when_asked_for() -> None:
             "metrics": {"keepalive_rps": 25000.0},
         }
     )
-    lines = render(results, Params(targets=TARGETS), meta, {}).splitlines()
+    lines = render(results, Params(targets=TARGETS[:6]), meta, {}).splitlines()
     assert (
         "| workload | unit | better | direct | haproxy | nginx | balancer | floor | cfloor |"
         in lines
@@ -148,6 +148,24 @@ def test_floor_column_only_when_asked_for() -> None:
         "| 0.80 |" in lines
     )
     assert any("- cfloor: the same relay in C" in line for line in lines)
+    assert not any("rfloor" in line for line in lines)
+
+    # With the Rust floor: its column, and its ratios to HAProxy and to the C floor.
+    results.samples.append(
+        {
+            "run": 1,
+            "workload": "keepalive",
+            "target": "rfloor",
+            "metrics": {"keepalive_rps": 27500.0},
+        }
+    )
+    lines = render(results, Params(targets=(*TARGETS[:6], "rfloor")), meta, {}).splitlines()
+    assert any(line.endswith("| floor | cfloor | rfloor |") for line in lines)
+    assert any(
+        line.endswith("| rfloor / haproxy | rfloor / cfloor | balancer / rfloor |")
+        for line in lines
+    )
+    assert any(line.endswith("| 1.38 | 1.10 | 0.55 |") for line in lines)
 
 
 def test_soak_report_format() -> None:

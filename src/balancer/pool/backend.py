@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from balancer.core.address import Address
 from balancer.observability.stats import BackendStats
@@ -24,6 +25,7 @@ class Backend:
     __slots__ = (
         "_active",
         "_others",
+        "_total",
         "address",
         "bytes_in",
         "bytes_out",
@@ -39,11 +41,12 @@ class Backend:
         "last_change",
         "max_connections",
         "moved",
+        "plane",
+        "plane_slot",
         "send_proxy",
         "slot",
         "state",
         "stats",
-        "total",
         "transitions",
         "weight",
     )
@@ -64,9 +67,11 @@ class Backend:
         # load (least connections), so that it need not compare them all at every pick.
         self.moved: Callable[[Backend], None] | None = None
         self.slot = -1  # its cell in the workers' shared memory, when there are workers
+        self.plane: Any = None  # the compiled data plane that counts its connections, if any
+        self.plane_slot = 0  # its number there (given when a table first names it)
         self.max_connections = 0  # 0: no limit
         self.send_proxy: str | None = None
-        self.total = 0
+        self._total = 0  # connections made by the Python relay (the data plane counts its own)
         self.bytes_in = 0
         self.bytes_out = 0
         self.failures: Counter[str] = Counter()  # passive failures by the rule that judged them
@@ -80,13 +85,26 @@ class Backend:
     @property
     def active(self) -> int:
         """Open connections in this process."""
-        return self._active
+        if self.plane is None:
+            return self._active
+        return self._active + int(self.plane.counts(self.plane_slot)[0])
 
     @active.setter
     def active(self, count: int) -> None:
         self._active = count
         if self.moved is not None:
             self.moved(self)
+
+    @property
+    def total(self) -> int:
+        """Connections made to it, in this process."""
+        if self.plane is None:
+            return self._total
+        return self._total + int(self.plane.counts(self.plane_slot)[1])
+
+    @total.setter
+    def total(self, count: int) -> None:
+        self._total = count - (self.total - self._total)
 
     @property
     def others(self) -> int:

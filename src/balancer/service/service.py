@@ -19,7 +19,8 @@ from balancer.config.model import BackendConfig, HealthCheckConfig, PassiveConfi
 from balancer.core.address import Address
 from balancer.core.errors import describe_error
 from balancer.core.termination import Termination
-from balancer.dataplane import stream
+from balancer.dataplane import engine, stream
+from balancer.dataplane.engine import EngineListener, Link
 from balancer.dataplane.relay import Session
 from balancer.dataplane.stream import Listener, Stream
 from balancer.dataplane.wheel import Wheel
@@ -36,6 +37,7 @@ from balancer.service.queue import BackendQueue, free_slots
 from balancer.service.shared import SharedCursor, SharedState
 
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+Serving = Listener | EngineListener  # a service's listening sockets, on either data path
 QUEUE_POLL = 0.05  # seconds between looks at other workers' counts while sessions are queued
 
 
@@ -115,7 +117,8 @@ class Service:
         self.health = self._make_health()
         self.sessions: set[Session] = set()
         self.wheel = Wheel()  # the sessions' timeouts
-        self.server: Listener | None = None
+        self.server: Serving | None = None
+        self.links: list[Link] = []  # on the compiled data plane: each listener it was given
         self.loop: asyncio.AbstractEventLoop | None = None  # set by bind
         self.poller: stream.Poller | None = None  # the loop's, set by bind
         self.closing = False
@@ -203,13 +206,16 @@ class Service:
         session.start()
 
     def open_connections(self) -> int:
-        return len(self.sessions) + self.remote_open
+        return len(self.sessions) + self.engine_open() + self.remote_open
+
+    def engine_open(self) -> int:
+        return sum(link.open for link in self.links)
 
     def queued(self) -> int:
         """Clients waiting in the queue for a backend's free slot (HAProxy's qcur)."""
         return len(self.queue) + self.remote_queued
 
-    async def bind(self, listen: Address) -> Listener:
+    async def bind(self, listen: Address) -> Serving:
         try:
             sockets = await stream.listen(
                 listen.host, listen.port, backlog=BACKLOG, reuse_port=self.worker
@@ -223,9 +229,30 @@ class Service:
             ) from None
         self.loop = asyncio.get_running_loop()
         self.poller = stream.poller(self.loop)
-        return Listener(self.loop, sockets, self._accepted, self._exhausted)
+        return self._listener(self.loop, sockets)
 
-    def _serve_on(self, server: Listener) -> None:
+    def _listener(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket]) -> Serving:
+        """The compiled data plane's listener where it has every feature the config asks
+        for, else the Python relay's."""
+        if engine.supported(self.config, worker=self.worker) is None:
+            listener = EngineListener(self, loop, sockets)
+            self.links.append(listener.link)
+            return listener
+        return Listener(loop, sockets, self._accepted, self._exhausted)
+
+    def _fit_listener(self, server: Serving) -> Serving:
+        """`server`, or its sockets under the data path that fits the config now."""
+        wants_engine = engine.supported(self.config, worker=self.worker) is None
+        if isinstance(server, EngineListener):
+            if wants_engine and server.link.service is self:
+                return server
+            return self._listener(server.loop, server.detach())
+        if wants_engine:
+            server.pause()
+            return self._listener(server.loop, server.sockets)
+        return server
+
+    def _serve_on(self, server: Serving) -> None:
         self.server = server
         sock = server.sockets[0]
         host, port = sock.getsockname()[:2]
@@ -260,12 +287,12 @@ class Service:
             service=self.name,
         )
 
-    async def start(self, server: Listener | None = None) -> None:
+    async def start(self, server: Serving | None = None) -> None:
         """Listen (on `server`, a listener taken over from another service, if given)."""
         self._serve_on(server if server is not None else await self.bind(self.config.listen))
         self.health.sync()
 
-    def give_listener(self) -> Listener | None:
+    def give_listener(self) -> Serving | None:
         """Hand this service's listener to another (a reload that renames or swaps services):
         this one stops accepting, the socket stays open and keeps its backlog."""
         server, self.server = self.server, None
@@ -273,15 +300,16 @@ class Service:
             server.pause()
         return server
 
-    def claim(self, server: Listener) -> Listener:
+    def claim(self, server: Serving) -> Serving:
         """Make a listener given by another service deliver its connections here."""
         self.loop = server.loop
         self.poller = stream.poller(server.loop)
-        server.accepted, server.exhausted = self._accepted, self._exhausted
-        server.paused = False  # (`_serve_on` starts it, unless this service is at its limit)
-        return server
+        if isinstance(server, Listener):
+            server.accepted, server.exhausted = self._accepted, self._exhausted
+            server.paused = False  # (`_serve_on` starts it, unless this service is at its limit)
+        return self._fit_listener(server)
 
-    def apply(self, config: ServiceConfig, server: Listener | None) -> None:
+    def apply(self, config: ServiceConfig, server: Serving | None) -> None:
         """Take a reloaded config; open connections continue as they are. Backends go back to
         what the file says: those it does not list are removed, those it lists are enabled
         again (undoing a drain or maintenance set through the admin API, whose pending removal
@@ -290,6 +318,13 @@ class Service:
         self.config = config
         self.admission.limits = config.limits
         self.queue.size = config.limits.queue_size
+        if server is None and self.server is not None:
+            fitted = self._fit_listener(self.server)
+            if fitted is not self.server:
+                self.server = None
+                self._serve_on(fitted)
+        for link in self.links:
+            link.configure()
         if server is not None:
             if self.server is not None:
                 self.server.close()  # stops accepting; open sessions are untouched
@@ -503,7 +538,10 @@ class Service:
             self._watch_other_workers()
 
     def _pool_rebuilt(self, pool: Pool) -> None:
-        """A reload, an admin change or a health change may have made room for the queue."""
+        """A reload, an admin change or a health change may have made room for the queue;
+        the data plane takes the new eligible set."""
+        for link in self.links:
+            link.push_table()
         if self.queue and self.loop is not None:
             self._wake_for_room()
 
@@ -550,14 +588,39 @@ class Service:
             session.backend.stats.record(connect_us, duration_us, record.termination)
         self.log.access(record)
 
+    def engine_finished(self, backend: Backend | None, record: AccessRecord) -> None:
+        """A connection on the compiled data plane ended (see engine.Link)."""
+        self.accepted += 1
+        connect_us, duration_us = int(record.connect_ms * 1000), int(record.duration_ms * 1000)
+        self.stats.record(connect_us, duration_us, record.termination)
+        if backend is not None:
+            backend.stats.record(connect_us, duration_us, record.termination)
+        self.log.access(record)
+
+    def engine_limited(self, on: bool) -> None:
+        """The data plane reached the process's connection budget (or left it)."""
+        if on:
+            self.log.event(
+                "accept_paused",
+                f"the process's {self.budget.limit} connections (from its open-file limit) "
+                "reached: new clients wait in the listen backlog",
+                service=self.name,
+            )
+        else:
+            self.log.event("accept_resumed", "accepting new clients again", service=self.name)
+
     def live_bytes(self) -> dict[Backend, tuple[int, int]]:
         """Bytes each way of the connections still open, by backend (added at their end)."""
         live: dict[Backend, tuple[int, int]] = {}
-        for session in self.sessions:
-            backend = session.backend
-            if backend is not None:
+        for link in self.links:
+            for backend, (bytes_in, bytes_out) in link.live_bytes().items():
                 was_in, was_out = live.get(backend, (0, 0))
-                live[backend] = (was_in + session.bytes_in, was_out + session.bytes_out)
+                live[backend] = (was_in + bytes_in, was_out + bytes_out)
+        for session in self.sessions:
+            used = session.backend
+            if used is not None:
+                was_in, was_out = live.get(used, (0, 0))
+                live[used] = (was_in + session.bytes_in, was_out + session.bytes_out)
         return live
 
     def add_backend(
@@ -584,7 +647,7 @@ class Service:
         self.stop_accepting()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.sessions and loop.time() < deadline:
+        while (self.sessions or self.engine_open()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         self.stop()
 
@@ -595,3 +658,5 @@ class Service:
             self.suspects_timer.cancel()
         for session in list(self.sessions):
             session.end(Termination.SHUTDOWN)
+        for link in self.links:
+            link.end_all()

@@ -128,6 +128,8 @@ class Bench:
             "balancer": self._start_balancer,
             "floor": self._start_floor,
             "cfloor": self._start_cfloor,
+            "rfloor": lambda port: self._start_rfloor(port, "mio"),
+            "tfloor": lambda port: self._start_rfloor(port, "tokio"),
         }
         for name, port in zip(TARGETS, [self.backend_ports[0], *ports[2:]], strict=True):
             if name not in self.params.targets:
@@ -189,6 +191,13 @@ class Bench:
         return self.children.start(
             "floor", [sys.executable, "-m", "balancer.tools.floors.floor", str(port), *ports]
         )
+
+    def _start_rfloor(self, port: int, runtime: str) -> subprocess.Popen[bytes]:
+        ports = [str(p) for p in self.backend_ports]
+        name = "rfloor" if runtime == "mio" else "tfloor"
+        module = "balancer.tools.floors.rust"
+        args = [sys.executable, "-m", module, "--runtime", runtime, str(port), *ports]
+        return self.children.start(name, args)
 
     def _start_cfloor(self, port: int) -> subprocess.Popen[bytes] | None:
         binary, error = build_cfloor(self.tmp)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
-TARGETS = ("direct", "haproxy", "nginx", "balancer", "floor", "cfloor")
+TARGETS = ("direct", "haproxy", "nginx", "balancer", "floor", "cfloor", "rfloor", "tfloor")
 DEFAULT_TARGETS = TARGETS[:4]  # (the report always has their columns; the floors' when asked for)
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

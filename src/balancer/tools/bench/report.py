@@ -109,6 +109,11 @@ FLOOR_RATIOS = (  # (each when its floor was asked for)
     ("balancer", "floor"),
     ("cfloor", "haproxy"),
     ("floor", "cfloor"),
+    ("rfloor", "haproxy"),
+    ("rfloor", "cfloor"),
+    ("balancer", "rfloor"),
+    ("tfloor", "haproxy"),
+    ("tfloor", "cfloor"),
 )
 
 
@@ -166,6 +171,16 @@ def render(
         *(
             ["- cfloor: the same relay in C (`floor.c`), what any relay can reach on this machine"]
             if "cfloor" in params.targets
+            else []
+        ),
+        *(
+            ["- rfloor: the same relay in Rust on mio, one loop (`rust/src/floor.rs`)"]
+            if "rfloor" in params.targets
+            else []
+        ),
+        *(
+            ["- tfloor: the same relay in Rust on tokio's current-thread runtime"]
+            if "tfloor" in params.targets
             else []
         ),
         f"- memory: {params.idle_connections:,} idle relayed connections, once per target after "
