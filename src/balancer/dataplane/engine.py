@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from balancer import _dataplane
-from balancer.dataplane import stream
 from balancer.core.termination import Termination
+from balancer.dataplane import stream
 from balancer.observability.logs import AccessRecord
 from balancer.selection import REGISTRY
 from balancer.selection.round_robin import selection_weight, smooth_schedule
