@@ -26,6 +26,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use crate::figures::{Clock, Figures, Key, access_line};
 use crate::proxy;
 use crate::select::{BackendCell, Picker, Table};
 use crate::splice::{COPY_BELOW, Moved, Pipe, Pipes, SPLICE_FROM};
@@ -39,7 +40,7 @@ const LINGER: Duration = Duration::from_secs(2); // a refused client's last seco
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100); // out of descriptors: retry after
 
 /// Why a connection ended (`balancer.core.termination.Termination`'s values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Term {
     ClientClosed,
     BackendClosed,
@@ -97,6 +98,11 @@ pub struct Settings {
     pub accept_proxy: bool,
     pub send_proxy: u8, // 0 none, 1 or 2
     pub no_backend_message: Option<Vec<u8>>,
+    /// Who records a finished connection: 0 Python (an event each), 1 the loop (its figures,
+    /// and its access line in the text format), 2 the loop (its figures; no line is wanted).
+    pub access: u8,
+    /// The service's name as the access line shows it.
+    pub access_name: String,
 }
 
 /// What Python hears of, in batches.
@@ -151,6 +157,11 @@ pub enum Event {
     Limited {
         service: u32,
         on: bool,
+    },
+    /// Access lines, one per finished connection, joined by newlines.
+    Lines {
+        service: u32,
+        text: String,
     },
 }
 
@@ -208,6 +219,8 @@ pub struct Shared {
     pub limit: AtomicUsize,
     /// Pipes the loop may hold open to splice bulk transfers through (0: copy always).
     pub pipe_limit: AtomicUsize,
+    /// What finished connections added up to since Python last read them.
+    pub figures: Mutex<HashMap<Key, Figures>>,
 }
 
 impl Shared {
@@ -227,6 +240,7 @@ impl Shared {
             cells: Mutex::new(HashMap::new()),
             limit: AtomicUsize::new(0),
             pipe_limit: AtomicUsize::new(0),
+            figures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -251,6 +265,11 @@ impl Shared {
             // SAFETY: writes 8 bytes from a live u64 to the eventfd this struct owns.
             unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
+    }
+
+    /// The figures since the last call.
+    pub fn take_figures(&self) -> HashMap<Key, Figures> {
+        std::mem::take(&mut *self.figures.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The events so far (and the eventfd cleared), for Python.
@@ -434,6 +453,7 @@ struct Conn {
     bytes_out: u64,
     answered: bool,
     blamed: bool,
+    reported: bool, // a failure of it went to Python, which names the rule in its access line
     termination: Option<Term>,
     last_error: String,
     linger_until: Option<Instant>,
@@ -512,6 +532,8 @@ struct Context<'a> {
     events: &'a mut Vec<Event>,
     scratch: &'a mut Vec<u8>,
     pipes: &'a mut Pipes,
+    shared: &'a Shared,
+    clock: &'a mut Clock,
     epoch: Instant,
     now: Instant,
 }
@@ -573,6 +595,7 @@ impl Conn {
             bytes_out: 0,
             answered: false,
             blamed: false,
+            reported: false,
             termination: None,
             last_error: String::new(),
             linger_until: None,
@@ -878,7 +901,8 @@ impl Conn {
         self.next_candidate(index, cx);
     }
 
-    fn mark_failing(&self, slot: u32) {
+    fn mark_failing(&mut self, slot: u32) {
+        self.reported = true;
         if let Some(table) = &self.table
             && let Some(position) = table.position(slot)
         {
@@ -1466,6 +1490,7 @@ impl Conn {
         self.finished = true;
         self.give_back_pipes(cx, false);
         let slot = if self.connected { self.slot() } else { None };
+        let used = if self.connected { self.cell.clone() } else { None };
         if let Some(cell) = &self.cell
             && self.connected
         {
@@ -1479,7 +1504,7 @@ impl Conn {
             );
         }
         self.release();
-        cx.events.push(Event::Finished(Record {
+        let record = Record {
             service: self.service,
             conn: self.serial,
             client: show(self.peer),
@@ -1490,7 +1515,45 @@ impl Conn {
             bytes_out: self.bytes_out,
             retries: self.attempts.saturating_sub(1),
             termination: self.termination.unwrap_or(Term::ClientClosed),
-        }));
+        };
+        if self.settings.access == 0 || self.reported {
+            cx.events.push(Event::Finished(record));
+            return;
+        }
+        {
+            let mut figures = cx.shared.figures.lock().unwrap_or_else(|e| e.into_inner());
+            figures
+                .entry(Key::Service(self.service))
+                .or_default()
+                .add(&record);
+            if let Some(slot) = slot {
+                figures.entry(Key::Backend(slot)).or_default().add(&record);
+            }
+        }
+        if self.settings.access != 1 {
+            return;
+        }
+        let backend = used
+            .as_ref()
+            .and_then(|cell| cell.label.get())
+            .map_or("-", |label| &**label);
+        let text = match cx.events.last_mut() {
+            Some(Event::Lines { service, text }) if *service == self.service => {
+                text.push('\n');
+                text
+            }
+            _ => {
+                cx.events.push(Event::Lines {
+                    service: self.service,
+                    text: String::with_capacity(256),
+                });
+                match cx.events.last_mut() {
+                    Some(Event::Lines { text, .. }) => text,
+                    _ => unreachable!(),
+                }
+            }
+        };
+        access_line(text, cx.clock, &self.settings.access_name, backend, &record);
     }
 
     /// A readiness event for one of its sockets.
@@ -1533,6 +1596,7 @@ pub struct Loop {
     serial: u64,
     open: usize,          // connections in all services
     limited: Option<u32>, // at the limit: the service that found it so
+    clock: Clock,
 }
 
 impl Loop {
@@ -1552,6 +1616,7 @@ impl Loop {
             serial: 0,
             open: 0,
             limited: None,
+            clock: Clock::default(),
         };
         Ok((looped, shared))
     }
@@ -1622,6 +1687,8 @@ impl Loop {
             events: &mut self.batch,
             scratch: &mut self.scratch,
             pipes: &mut self.pipes,
+            shared: &self.shared,
+            clock: &mut self.clock,
             epoch: self.epoch,
             now,
         };

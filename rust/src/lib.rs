@@ -5,6 +5,7 @@
 //! the benchmark harness.
 
 pub mod engine;
+pub mod figures;
 pub mod floor;
 pub mod proxy;
 pub mod select;
@@ -22,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use engine::{Command, Event, Settings, Shared};
+use figures::Key;
 use select::{Algorithm, BackendCell, Entry, Table};
 
 fn resolve(host: &str, port: u16) -> PyResult<SocketAddr> {
@@ -61,33 +63,30 @@ fn run_floor(
 }
 
 /// A service's settings, as `balancer.dataplane.engine` passes them.
+/// The timeouts come first, as (connect, idle, client, server, client_first_byte) in seconds.
 type SettingsArgs = (
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
+    (f64, f64, f64, f64, f64),
     u32,
     bool,
     usize,
     bool,
     u8,
     Option<Vec<u8>>,
+    u8,
+    String,
 );
 
 fn settings(args: SettingsArgs) -> Arc<Settings> {
     let (
-        connect,
-        idle,
-        client,
-        server,
-        first,
+        (connect, idle, client, server, first),
         retries,
         replay,
         limit,
         accept_proxy,
         send_proxy,
         message,
+        access,
+        access_name,
     ) = args;
     let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
     Arc::new(Settings {
@@ -102,6 +101,8 @@ fn settings(args: SettingsArgs) -> Arc<Settings> {
         accept_proxy,
         send_proxy,
         no_backend_message: message.filter(|m| !m.is_empty()),
+        access,
+        access_name,
     })
 }
 
@@ -188,16 +189,18 @@ impl Engine {
         &self,
         id: u32,
         algorithm: &str,
-        backends: Vec<(u32, String, u16, f64, u8)>,
+        backends: Vec<(u32, String, u16, f64, u8, String)>,
         schedule: Vec<u32>,
         ring: Vec<u64>,
     ) -> PyResult<()> {
         let kind = Algorithm::named(algorithm)
             .ok_or_else(|| PyValueError::new_err(format!("no built-in algorithm {algorithm:?}")))?;
         let mut entries = Vec::with_capacity(backends.len());
-        for (slot, host, port, weight, send_proxy) in backends {
+        for (slot, host, port, weight, send_proxy, label) in backends {
+            let cell = self.cell(slot);
+            let _ = cell.label.set(label.into_boxed_str()); // (a backend's name never changes)
             entries.push(Entry {
-                cell: self.cell(slot),
+                cell,
                 address: resolve(&host, port)?,
                 weight,
                 send_proxy,
@@ -263,7 +266,8 @@ impl Engine {
 
     /// The events since the last call, as tuples whose first item is the kind:
     /// 1 finished, 2 connect failed, 3 early failure, 4 answered, 5 refusal, 6 no backend,
-    /// 7 accept exhausted, 8 a panic caught, 9 the connection limit reached or left.
+    /// 7 accept exhausted, 8 a panic caught, 9 the connection limit reached or left,
+    /// 10 access lines.
     fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         let events = self.shared.take();
         let mut out = Vec::with_capacity(events.len());
@@ -320,8 +324,40 @@ impl Engine {
                     peer,
                     reason,
                 } => (8, service, peer, reason).into_pyobject(py)?,
+                Event::Lines { service, text } => (10, service, text).into_pyobject(py)?,
             };
             out.push(tuple);
+        }
+        Ok(out)
+    }
+
+    /// What the connections finished since the last call add up to, for each service
+    /// (`is_backend` false, by id) and backend (true, by slot) that had any: tuples of
+    /// (is_backend, id, finished, bytes_in, bytes_out, connect, duration, terminations), each
+    /// timing as (bucket counts, sum in microseconds, {value cut to 8 bits: count}).
+    fn take_figures<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let timing = |t: figures::Timing| (t.buckets.to_vec(), t.sum_us, t.values);
+        let mut out = Vec::new();
+        for (key, f) in self.shared.take_figures() {
+            let (is_backend, id) = match key {
+                Key::Service(id) => (false, id),
+                Key::Backend(slot) => (true, slot),
+            };
+            let terminations: HashMap<&'static str, u64> =
+                f.terminations.into_iter().map(|(t, n)| (t.name(), n)).collect();
+            out.push(
+                (
+                    is_backend,
+                    id,
+                    f.finished,
+                    f.bytes_in,
+                    f.bytes_out,
+                    timing(f.connect),
+                    timing(f.duration),
+                    terminations,
+                )
+                    .into_pyobject(py)?,
+            );
         }
         Ok(out)
     }
@@ -360,10 +396,22 @@ fn parse_proxy(
     }
 }
 
+/// A timing of these durations (microseconds) as the engine keeps one: (bucket counts, sum,
+/// {value cut to 8 bits: count}), for the tests that hold it to Python's `Timing`.
+#[pyfunction]
+fn timing(values: Vec<u64>) -> (Vec<u64>, u64, HashMap<u64, u64>) {
+    let mut t = figures::Timing::default();
+    for us in values {
+        t.record(us);
+    }
+    (t.buckets.to_vec(), t.sum_us, t.values)
+}
+
 #[pymodule]
 fn _dataplane(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(run_floor, module)?)?;
     module.add_function(wrap_pyfunction!(parse_proxy, module)?)?;
+    module.add_function(wrap_pyfunction!(timing, module)?)?;
     module.add_class::<Engine>()?;
     Ok(())
 }

@@ -16,7 +16,7 @@ class Engine:
         self,
         id: int,
         algorithm: str,
-        backends: list[tuple[int, str, int, float, int]],
+        backends: list[tuple[int, str, int, float, int, str]],
         schedule: list[int],
         ring: list[int],
     ) -> None: ...
@@ -29,4 +29,20 @@ class Engine:
     def counts(self, slot: int) -> tuple[int, int]: ...
     def live(self, slot: int) -> tuple[int, int]: ...
     def take_events(self) -> list[tuple[Any, ...]]: ...
+    def take_figures(
+        self,
+    ) -> list[
+        tuple[
+            bool,
+            int,
+            int,
+            int,
+            int,
+            tuple[list[int], int, dict[int, int]],
+            tuple[list[int], int, dict[int, int]],
+            dict[str, int],
+        ]
+    ]: ...
     def stop(self) -> None: ...
+
+def timing(values: list[int]) -> tuple[list[int], int, dict[int, int]]: ...

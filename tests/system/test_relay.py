@@ -179,6 +179,32 @@ def test_access_log_fields_json(any_cluster: Cluster) -> None:
     assert set(record) >= {"time", "service", "client", "backend", "connect_ms", "duration_ms"}
 
 
+def test_access_log_fields_text(any_cluster: Cluster) -> None:
+    # The line of a connection without a failure is written by the compiled data plane when
+    # it serves the service, and by Python otherwise: the same fields, in the same order.
+    cluster = any_cluster
+    backend = cluster.backend()
+    _, port = cluster.balancer(f"--backend=127.0.0.1:{backend}")
+    for _ in range(3):
+        assert served_by(exchange(port, b"hello")) == backend
+    answer = len(f"Hello from Server {backend}!")
+
+    def access_lines() -> list[str]:
+        lines = [
+            line for line in read_log(cluster.tmp / "lb.log").splitlines() if " access " in line
+        ]
+        return lines if len(lines) >= 3 else []
+
+    lines = wait_until(access_lines, 10, "three access lines")
+    pattern = (
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} access service=\S+ client=127\.0\.0\.1:\d+ "
+        rf"backend=127\.0\.0\.1:{backend} connect_ms=\d+\.\d{{3}} duration_ms=\d+\.\d{{3}} "
+        rf"bytes_in=5 bytes_out={answer} retries=0 failures=- termination=backend_closed"
+    )
+    for line in lines:
+        assert re.fullmatch(pattern, line), line
+
+
 def test_sigterm_drains_open_connection(any_cluster: Cluster) -> None:
     cluster = any_cluster
     backend = cluster.backend("echo")

@@ -4,8 +4,12 @@ The engine accepts, picks, connects, retries and relays on a thread of its own; 
 gives it a service's listening sockets, settings and backend table, and turns its events,
 read in batches when its eventfd is readable, into the service's usual bookkeeping: backend
 counts, passive failures judged by `Blame`, refusals, access lines and figures. Python runs on
-events, never per byte: one `finished` event per connection; the engine counts each
-backend's open and total connections itself (`Backend.active` and `total` read them).
+events, never per byte, and mostly not per connection either: the engine counts each
+backend's open and total connections (`Backend.active` and `total` read them), writes the
+access line of a connection that went well (handed over in batches), and keeps its figures
+(durations, terminations, bytes) until a reader of `stats` takes them (`Engine.sync`). A
+connection with a passive failure, whose line names the rule Python judged it by, and every
+connection in the JSON log format, come to Python as a `finished` event each.
 
 A service uses the engine when every feature its config asks for is one the engine has
 (`supported`); the Python relay serves the rest until they are ported.
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from balancer.config.model import ServiceConfig
     from balancer.core.termination import Termination as Reason
     from balancer.observability.logs import EventLog
+    from balancer.observability.stats import BackendStats
     from balancer.pool.backend import Backend
     from balancer.pool.pool import Pool
 
@@ -58,11 +63,13 @@ class Service(Protocol):
     def backend_answered(self, backend: Backend) -> None: ...
     def refusal(self, reason: Reason, peer: str, detail: str) -> None: ...
     def engine_finished(self, backend: Backend | None, record: AccessRecord) -> None: ...
+    def engine_figures(self, finished: int) -> BackendStats: ...
     def engine_limited(self, on: bool) -> None: ...
 
 
 FINISHED, CONNECT_FAILED, EARLY_FAILED, ANSWERED = range(1, 5)
-REFUSAL, NO_BACKEND, EXHAUSTED, PANICKED, LIMITED = range(5, 10)
+REFUSAL, NO_BACKEND, EXHAUSTED, PANICKED, LIMITED, LINES = range(5, 11)
+ACCESS = {None: 2, "text": 1, "json": 0}  # who records: see Settings.access in engine.rs
 _OWNER_BITS = 24
 _ids = itertools.count(1)  # links (services on the engine)
 _slots = itertools.count(1)  # backends
@@ -88,21 +95,19 @@ def supported(config: ServiceConfig, *, worker: bool) -> str | None:
     return None
 
 
-def settings(config: ServiceConfig) -> tuple[Any, ...]:
+def settings(config: ServiceConfig, log: EventLog) -> tuple[Any, ...]:
     t, passive = config.timeouts, config.passive
     version = {"v1": 1, "v2": 2}.get(config.send_proxy or "", 0)
     return (
-        t.connect,
-        t.idle,
-        t.client,
-        t.server,
-        t.client_first_byte,
+        (t.connect, t.idle, t.client, t.server, t.client_first_byte),
         config.retries,
         passive.retry_replay,
         passive.replay_limit,
         config.accept_proxy,
         version,
         config.no_backend_message,
+        ACCESS[log.access_format],
+        log.quoted(config.name),
     )
 
 
@@ -115,6 +120,7 @@ class Engine:
         self.core = _dataplane.Engine()
         self.loop = loop
         self.links: dict[int, Link] = {}
+        self.backends: dict[int, Backend] = {}  # by slot: every backend a table named
         loop.add_reader(self.core.events_fd(), self.read_events)
 
     @classmethod
@@ -123,6 +129,25 @@ class Engine:
         if engine is None or engine.loop is not loop or engine.loop.is_closed():
             engine = cls._current = Engine(loop)
         return engine
+
+    def sync(self) -> None:
+        """Add the figures the engine kept since the last call to the services' and backends'."""
+        for is_backend, key, finished, bytes_in, bytes_out, connect, duration, ends in (
+            self.core.take_figures()
+        ):
+            if is_backend:
+                backend = self.backends.get(key)
+                if backend is None:
+                    continue
+                stats = backend.plane_figures(bytes_in, bytes_out)
+            else:
+                link = self.links.get(key)
+                if link is None:
+                    continue
+                stats = link.service.engine_figures(finished)
+            stats.connect.add(*connect)
+            stats.duration.add(*duration)
+            stats.terminations.update(ends)
 
     def read_events(self) -> None:
         links = self.links
@@ -146,13 +171,15 @@ class Link:
         engine.links[self.id] = self
         self.core.set_limit(service.budget.limit)
         self.core.set_pipes(stream.pipe_limit())
-        self.core.add_service(self.id, [s.fileno() for s in sockets], settings(service.config))
+        self.core.add_service(
+            self.id, [s.fileno() for s in sockets], settings(service.config, service.log)
+        )
         self.push_table()
 
     # -- what the engine is given -----------------------------------------------------------
 
     def configure(self) -> None:
-        self.core.configure(self.id, settings(self.service.config))
+        self.core.configure(self.id, settings(self.service.config, self.service.log))
         self.push_table()
 
     def push_table(self) -> None:
@@ -163,12 +190,14 @@ class Link:
         for backend in eligible:
             slot = _slot(backend)
             self.backends[slot] = backend
+            self.engine.backends[slot] = backend
             backend.plane = self.core
+            backend.plane_sync = self.engine.sync
             version = {"v1": 1, "v2": 2}.get(backend.send_proxy or "", 0)
             host = backend.address.host
-            rows.append(
-                (slot, host, backend.address.port, float(backend.effective_weight), version)
-            )
+            weight = float(backend.effective_weight)
+            label = self.service.log.quoted(backend.key)
+            rows.append((slot, host, backend.address.port, weight, version, label))
         name = self.service.config.algorithm
         schedule: list[int] = []
         ring: list[int] = []
@@ -199,15 +228,16 @@ class Link:
     def event(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         service = self.service
-        if kind == FINISHED:
+        if kind == LINES:
+            service.log.lines(event[2])
+        elif kind == FINISHED:
             _, _, conn, client, slot, connect_ms, duration_ms, bytes_in, bytes_out, retries, end = (
                 event
             )
             backend = self.backends.get(slot) if slot is not None else None
             rules = self.failures.pop(conn, None) if self.failures else None
             if backend is not None:
-                backend.bytes_in += bytes_in
-                backend.bytes_out += bytes_out
+                backend.plane_figures(bytes_in, bytes_out)
             service.engine_finished(
                 backend,
                 AccessRecord(

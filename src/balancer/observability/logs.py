@@ -116,6 +116,22 @@ class EventLog:
             parts.append(f"| {message}")
         return " ".join(parts)
 
+    @property
+    def access_format(self) -> str | None:
+        """How access lines are written: "text", "json", or None when there is no log file."""
+        if self._file is None:
+            return None
+        return "json" if self.json else "text"
+
+    @staticmethod
+    def quoted(name: str) -> str:
+        """A service or backend name as the text format's access line shows it."""
+        return _quote_name(name)
+
+    def lines(self, text: str) -> None:
+        """Access lines made elsewhere (the compiled data plane), in the text format."""
+        self._write(text, flush=False)
+
     def access(self, record: AccessRecord) -> None:
         if not self.json:  # (the same line as _line makes, in one step: one per connection)
             self._write(

@@ -62,6 +62,17 @@ class Timing:
         pending = self.pending
         pending[us] = pending.get(us, 0) + 1
 
+    def add(self, buckets: list[int], sum_us: int, values: dict[int, int]) -> None:
+        """Durations recorded elsewhere (the compiled data plane), as `record_us` keeps them:
+        bucket counts, their sum, and each value cut to its top 8 bits with its count."""
+        mine = self.buckets
+        for i, count in enumerate(buckets):
+            mine[i] += count
+        self.sum_us += sum_us
+        pending = self.pending
+        for value, count in values.items():
+            pending[value] = pending.get(value, 0) + count
+
     @property
     def count(self) -> int:
         return sum(self.buckets)

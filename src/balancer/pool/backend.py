@@ -24,11 +24,12 @@ class Backend:
 
     __slots__ = (
         "_active",
+        "_bytes_in",
+        "_bytes_out",
         "_others",
+        "_stats",
         "_total",
         "address",
-        "bytes_in",
-        "bytes_out",
         "checks_up",
         "connect_failures",
         "effective_weight",
@@ -43,10 +44,10 @@ class Backend:
         "moved",
         "plane",
         "plane_slot",
+        "plane_sync",
         "send_proxy",
         "slot",
         "state",
-        "stats",
         "transitions",
         "weight",
     )
@@ -69,17 +70,19 @@ class Backend:
         self.slot = -1  # its cell in the workers' shared memory, when there are workers
         self.plane: Any = None  # the compiled data plane that counts its connections, if any
         self.plane_slot = 0  # its number there (given when a table first names it)
+        # Adds what the data plane has recorded since (stats, bytes) into the figures here.
+        self.plane_sync: Callable[[], None] | None = None
         self.max_connections = 0  # 0: no limit
         self.send_proxy: str | None = None
         self._total = 0  # connections made by the Python relay (the data plane counts its own)
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self._bytes_in = 0  # bytes of its finished connections, each way
+        self._bytes_out = 0
         self.failures: Counter[str] = Counter()  # passive failures by the rule that judged them
         self.ejections = 0  # passive ejections
         self.ejections_refused = 0  # passive ejections the cap refused
         self.connect_failures = 0
         self.transitions: dict[str, int] = {}
-        self.stats = BackendStats()
+        self._stats = BackendStats()
         self.last_change = time.time()
 
     @property
@@ -105,6 +108,44 @@ class Backend:
     @total.setter
     def total(self, count: int) -> None:
         self._total = count - (self.total - self._total)
+
+    # The figures of finished connections: the data plane's are added in when they are read.
+
+    @property
+    def stats(self) -> BackendStats:
+        if self.plane_sync is not None:
+            self.plane_sync()
+        return self._stats
+
+    @stats.setter
+    def stats(self, stats: BackendStats) -> None:
+        self._stats = stats
+
+    def plane_figures(self, bytes_in: int, bytes_out: int) -> BackendStats:
+        """The data plane's sync: its bytes added, and the stats to add its figures to."""
+        self._bytes_in += bytes_in
+        self._bytes_out += bytes_out
+        return self._stats
+
+    @property
+    def bytes_in(self) -> int:
+        if self.plane_sync is not None:
+            self.plane_sync()
+        return self._bytes_in
+
+    @bytes_in.setter
+    def bytes_in(self, count: int) -> None:
+        self._bytes_in = count
+
+    @property
+    def bytes_out(self) -> int:
+        if self.plane_sync is not None:
+            self.plane_sync()
+        return self._bytes_out
+
+    @bytes_out.setter
+    def bytes_out(self, count: int) -> None:
+        self._bytes_out = count
 
     @property
     def others(self) -> int:

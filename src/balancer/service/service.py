@@ -141,8 +141,8 @@ class Service:
         self.worker_index = 0
         self.uses_load = False
         self._counts: OtherWorkers | None = None  # read before each pick, with workers
-        self.accepted = 0
-        self.stats = BackendStats()  # every connection of the service, with a backend or not
+        self._finished = 0  # finished connections (`accepted`)
+        self._stats = BackendStats()  # every connection of the service, with a backend or not
         # Discovered ports take traffic only once a check has found them listening.
         for address, (backend_config, state) in wanted_backends(config).items():
             backend = self.pool.add(address, backend_config.weight, health=state, quiet=True)
@@ -581,18 +581,19 @@ class Service:
             self.budget.freed()
         elif session in self.waiting:
             self.waiting.remove(session)
-        self.accepted += 1
+        self._finished += 1
         connect_us, duration_us = int(record.connect_ms * 1000), int(record.duration_ms * 1000)
-        self.stats.record(connect_us, duration_us, record.termination)
+        self._stats.record(connect_us, duration_us, record.termination)
         if session.backend is not None:
             session.backend.stats.record(connect_us, duration_us, record.termination)
         self.log.access(record)
 
     def engine_finished(self, backend: Backend | None, record: AccessRecord) -> None:
-        """A connection on the compiled data plane ended (see engine.Link)."""
-        self.accepted += 1
+        """A connection on the compiled data plane ended that Python records itself (see
+        engine.Link): one with a passive failure to name in its line, or any in the JSON log."""
+        self._finished += 1
         connect_us, duration_us = int(record.connect_ms * 1000), int(record.duration_ms * 1000)
-        self.stats.record(connect_us, duration_us, record.termination)
+        self._stats.record(connect_us, duration_us, record.termination)
         if backend is not None:
             backend.stats.record(connect_us, duration_us, record.termination)
         self.log.access(record)
@@ -608,6 +609,38 @@ class Service:
             )
         else:
             self.log.event("accept_resumed", "accepting new clients again", service=self.name)
+
+    def plane_sync(self) -> None:
+        """Add what the compiled data plane recorded since into the figures here."""
+        for link in self.links:
+            link.engine.sync()
+
+    def engine_figures(self, finished: int) -> BackendStats:
+        """The data plane's sync: its finished connections added, and the stats to add its
+        figures to."""
+        self._finished += finished
+        return self._stats
+
+    @property
+    def accepted(self) -> int:
+        """Connections finished (the open ones apart)."""
+        if self.links:
+            self.plane_sync()
+        return self._finished
+
+    @accepted.setter
+    def accepted(self, count: int) -> None:
+        self._finished = count
+
+    @property
+    def stats(self) -> BackendStats:
+        if self.links:
+            self.plane_sync()
+        return self._stats
+
+    @stats.setter
+    def stats(self, stats: BackendStats) -> None:
+        self._stats = stats
 
     def live_bytes(self) -> dict[Backend, tuple[int, int]]:
         """Bytes each way of the connections still open, by backend (added at their end)."""
