@@ -15,7 +15,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -26,6 +26,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use crate::admission::{Admission, Limits};
 use crate::figures::{Clock, Figures, Key, access_line};
 use crate::proxy;
 use crate::select::{BackendCell, Picker, Table};
@@ -56,6 +57,9 @@ pub enum Term {
     BadProxyHeader,
     NoResources,
     Shutdown,
+    Denied,
+    ClientLimit,
+    RateLimited,
 }
 
 impl Term {
@@ -75,6 +79,9 @@ impl Term {
             Term::BadProxyHeader => "bad_proxy_header",
             Term::NoResources => "no_resources",
             Term::Shutdown => "shutdown",
+            Term::Denied => "denied",
+            Term::ClientLimit => "client_limit",
+            Term::RateLimited => "rate_limited",
         }
     }
 
@@ -103,6 +110,11 @@ pub struct Settings {
     pub access: u8,
     /// The service's name as the access line shows it.
     pub access_name: String,
+    /// ACLs and per-client limits.
+    pub limits: Limits,
+    /// Open connections the service may have (0: no limit): beyond, clients wait in the
+    /// listen backlog.
+    pub max_connections: u32,
 }
 
 /// What Python hears of, in batches.
@@ -158,6 +170,11 @@ pub enum Event {
         service: u32,
         on: bool,
     },
+    /// At the service's `max_connections`, accepting stopped (`on`), or below it again.
+    Full {
+        service: u32,
+        on: bool,
+    },
     /// Access lines, one per finished connection, joined by newlines.
     Lines {
         service: u32,
@@ -203,6 +220,12 @@ pub enum Command {
     },
     EndAll {
         id: u32,
+    },
+    /// Hold a client address to the service's `suspect_rate` for a while.
+    Suspect {
+        id: u32,
+        ip: IpAddr,
+        for_: Duration,
     },
     Stop,
 }
@@ -281,6 +304,13 @@ impl Shared {
     }
 }
 
+impl ServiceState {
+    fn at_max(&self) -> bool {
+        let max = self.settings.max_connections;
+        max > 0 && self.open.load(Ordering::Relaxed) >= i64::from(max)
+    }
+}
+
 struct ServiceState {
     listeners: Vec<TcpListener>,
     settings: Arc<Settings>,
@@ -290,6 +320,8 @@ struct ServiceState {
     closing: bool,
     backoff_until: Option<Instant>,
     open: Arc<AtomicI64>,
+    admission: Admission,
+    full: bool, // at max_connections: not accepting until one ends
 }
 
 /// Bytes one side has not yet taken.
@@ -454,6 +486,7 @@ struct Conn {
     answered: bool,
     blamed: bool,
     reported: bool, // a failure of it went to Python, which names the rule in its access line
+    admitted: bool, // counted by the service's admission until it ends
     termination: Option<Term>,
     last_error: String,
     linger_until: Option<Instant>,
@@ -480,6 +513,14 @@ fn probe(side: &mut Side) -> Option<io::Error> {
             side.readable = false;
             Some(e)
         }
+    }
+}
+
+/// An address as admission counts it: an IPv4 client on a dual-stack socket as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -596,6 +637,7 @@ impl Conn {
             answered: false,
             blamed: false,
             reported: false,
+            admitted: false,
             termination: None,
             last_error: String::new(),
             linger_until: None,
@@ -744,9 +786,32 @@ impl Conn {
         if self.phase == Phase::Header {
             self.arm(index, cx);
             self.pump(index, cx);
-        } else {
+        } else if self.admit(cx) {
             self.next_candidate(index, cx);
             self.pump(index, cx);
+        }
+    }
+
+    /// Apply the service's ACLs and per-client limits to the client's address (from the
+    /// PROXY header, if one came); false if it was refused, and closed.
+    fn admit(&mut self, cx: &mut Context) -> bool {
+        let Some(service) = cx.services.get_mut(&self.service) else {
+            return true;
+        };
+        if !service.settings.limits.any() {
+            return true;
+        }
+        let ip = canonical(self.peer.ip());
+        match service.admission.check(&service.settings.limits, ip, cx.now) {
+            Ok(()) => {
+                self.admitted = true;
+                true
+            }
+            Err((term, detail)) => {
+                self.refusal(cx, term, detail);
+                self.abort(cx, term);
+                false
+            }
         }
     }
 
@@ -771,7 +836,9 @@ impl Conn {
                     self.client_bytes(&rest);
                     self.preface.extend_from_slice(&rest);
                 }
-                self.next_candidate(index, cx);
+                if self.admit(cx) {
+                    self.next_candidate(index, cx);
+                }
             }
         }
     }
@@ -1488,6 +1555,12 @@ impl Conn {
             return;
         }
         self.finished = true;
+        if self.admitted
+            && let Some(service) = cx.services.get_mut(&self.service)
+        {
+            self.admitted = false;
+            service.admission.left(canonical(self.peer.ip()));
+        }
         self.give_back_pipes(cx, false);
         let slot = if self.connected { self.slot() } else { None };
         let used = if self.connected { self.cell.clone() } else { None };
@@ -1703,7 +1776,7 @@ impl Loop {
                     if let Some(service) = self.services.get(&conn.service) {
                         service.open.fetch_sub(1, Ordering::Relaxed);
                     }
-                    self.closed_one(now);
+                    self.closed_one(now, conn.service);
                 }
             }
             Err(panic) => {
@@ -1722,10 +1795,13 @@ impl Loop {
                 {
                     self.pipes.lost();
                 }
-                if let Some(service) = self.services.get(&conn.service) {
+                if let Some(service) = self.services.get_mut(&conn.service) {
                     service.open.fetch_sub(1, Ordering::Relaxed);
+                    if conn.admitted {
+                        service.admission.left(canonical(conn.peer.ip()));
+                    }
                 }
-                self.closed_one(now);
+                self.closed_one(now, conn.service);
                 self.batch.push(Event::Panicked {
                     service: conn.service,
                     peer: show(conn.peer),
@@ -1767,9 +1843,21 @@ impl Loop {
         }
     }
 
-    /// A connection gone: below the limit again, accept what waits in the backlogs.
-    fn closed_one(&mut self, now: Instant) {
+    /// A connection of service `id` gone: below a limit again, accept what waits in the
+    /// backlogs.
+    fn closed_one(&mut self, now: Instant, id: u32) {
         self.open -= 1;
+        if let Some(service) = self.services.get_mut(&id)
+            && service.full
+            && !service.at_max()
+        {
+            service.full = false;
+            self.batch.push(Event::Full {
+                service: id,
+                on: false,
+            });
+            self.accept(id, now);
+        }
         if let Some(service) = self.limited
             && self.open < self.shared.limit.load(Ordering::Relaxed)
         {
@@ -1799,7 +1887,15 @@ impl Loop {
             let Some(service) = self.services.get_mut(&id) else {
                 return;
             };
-            if !service.accepting || service.backoff_until.is_some() {
+            if !service.accepting || service.backoff_until.is_some() || service.full {
+                return;
+            }
+            if service.at_max() {
+                service.full = true;
+                self.batch.push(Event::Full {
+                    service: id,
+                    on: true,
+                });
                 return;
             }
             let mut accepted = None;
@@ -1911,17 +2007,36 @@ impl Loop {
                             closing: false,
                             backoff_until: None,
                             open,
+                            admission: Admission::default(),
+                            full: false,
                         },
                     );
                     if let Some(previous) = previous
                         && let Some(s) = self.services.get_mut(&id)
                     {
                         s.table = previous.table;
+                        s.admission = previous.admission;
                     }
                 }
                 Command::Configure { id, settings } => {
                     if let Some(service) = self.services.get_mut(&id) {
                         service.settings = settings;
+                        if service.full && !service.at_max() {
+                            service.full = false;
+                            self.batch.push(Event::Full {
+                                service: id,
+                                on: false,
+                            });
+                            self.accept(id, now);
+                        }
+                    }
+                }
+                Command::Suspect { id, ip, for_ } => {
+                    if let Some(service) = self.services.get_mut(&id) {
+                        let until = now + for_;
+                        service
+                            .admission
+                            .suspect(&service.settings.limits, canonical(ip), until);
                     }
                 }
                 Command::SetTable { id, table } => {

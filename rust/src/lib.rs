@@ -4,6 +4,7 @@
 //! commands and takes its events in batches. `floor` runs a featureless reference relay for
 //! the benchmark harness.
 
+pub mod admission;
 pub mod engine;
 pub mod figures;
 pub mod floor;
@@ -22,6 +23,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use admission::{Limits, Net};
 use engine::{Command, Event, Settings, Shared};
 use figures::Key;
 use select::{Algorithm, BackendCell, Entry, Table};
@@ -74,9 +76,38 @@ type SettingsArgs = (
     Option<Vec<u8>>,
     u8,
     String,
+    LimitsArgs,
 );
 
-fn settings(args: SettingsArgs) -> Arc<Settings> {
+/// A network as (address, prefix length).
+type NetArgs = (String, u8);
+
+/// The admission limits: allow, deny, client_max_connections, client_rate, client_burst,
+/// suspect_rate, the two rate refusals' details, and the service's max_connections.
+type LimitsArgs = (
+    Vec<NetArgs>,
+    Vec<NetArgs>,
+    u32,
+    f64,
+    f64,
+    f64,
+    String,
+    String,
+    u32,
+);
+
+fn nets(list: Vec<NetArgs>) -> PyResult<Vec<Net>> {
+    list.into_iter()
+        .map(|(address, prefix)| {
+            let address: IpAddr = address
+                .parse()
+                .map_err(|_| PyValueError::new_err(format!("not an IP address: {address:?}")))?;
+            Ok(Net { address, prefix })
+        })
+        .collect()
+}
+
+fn settings(args: SettingsArgs) -> PyResult<Arc<Settings>> {
     let (
         (connect, idle, client, server, first),
         retries,
@@ -87,9 +118,20 @@ fn settings(args: SettingsArgs) -> Arc<Settings> {
         message,
         access,
         access_name,
+        (allow, deny, client_max, client_rate, client_burst, suspect_rate, rate, suspect, max),
     ) = args;
+    let limits = Limits {
+        allow: nets(allow)?,
+        deny: nets(deny)?,
+        client_max_connections: client_max,
+        client_rate,
+        client_burst,
+        suspect_rate,
+        rate_detail: rate,
+        suspect_detail: suspect,
+    };
     let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
-    Arc::new(Settings {
+    Ok(Arc::new(Settings {
         connect: seconds(connect),
         idle: seconds(idle),
         client: seconds(client),
@@ -103,7 +145,9 @@ fn settings(args: SettingsArgs) -> Arc<Settings> {
         no_backend_message: message.filter(|m| !m.is_empty()),
         access,
         access_name,
-    })
+        limits,
+        max_connections: max,
+    }))
 }
 
 /// The data plane of this process: one loop on its own thread.
@@ -167,20 +211,30 @@ impl Engine {
             .entry(id)
             .or_default()
             .clone();
+        let settings = settings(args)?;
         self.shared.send(Command::AddService {
             id,
             listeners,
-            settings: settings(args),
+            settings,
             open,
         });
         Ok(())
     }
 
-    fn configure(&self, id: u32, args: SettingsArgs) {
-        self.shared.send(Command::Configure {
-            id,
-            settings: settings(args),
-        });
+    fn configure(&self, id: u32, args: SettingsArgs) -> PyResult<()> {
+        let settings = settings(args)?;
+        self.shared.send(Command::Configure { id, settings });
+        Ok(())
+    }
+
+    /// Hold client address `ip` to the service's `suspect_rate` for `seconds`.
+    fn suspect(&self, id: u32, ip: &str, seconds: f64) -> PyResult<()> {
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("not an IP address: {ip:?}")))?;
+        let for_ = Duration::from_secs_f64(seconds.max(0.0));
+        self.shared.send(Command::Suspect { id, ip, for_ });
+        Ok(())
     }
 
     /// Swap in a service's backends: `(slot, host, port, weight, send_proxy)` each, in the
@@ -267,7 +321,7 @@ impl Engine {
     /// The events since the last call, as tuples whose first item is the kind:
     /// 1 finished, 2 connect failed, 3 early failure, 4 answered, 5 refusal, 6 no backend,
     /// 7 accept exhausted, 8 a panic caught, 9 the connection limit reached or left,
-    /// 10 access lines.
+    /// 10 access lines, 11 the service's max_connections reached or left.
     fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         let events = self.shared.take();
         let mut out = Vec::with_capacity(events.len());
@@ -325,6 +379,7 @@ impl Engine {
                     reason,
                 } => (8, service, peer, reason).into_pyobject(py)?,
                 Event::Lines { service, text } => (10, service, text).into_pyobject(py)?,
+                Event::Full { service, on } => (11, service, on).into_pyobject(py)?,
             };
             out.push(tuple);
         }

@@ -541,6 +541,8 @@ def test_acl_and_per_client_limits(cluster: Cluster) -> None:
     )
     cluster.balancer("--config", str(path))
     log = cluster.tmp / "lb.log"
+    for name in ("denied", "limited", "rated"):  # (admission is the compiled data plane's)
+        wait_for_log(log, rf"service {name} listening .*served by the compiled data plane")
 
     assert attempt(denied, b"x") == b""
     wait_for_log(
@@ -586,6 +588,7 @@ def test_max_connections_and_backend_queue(cluster: Cluster) -> None:
     )
     cluster.balancer("--config", str(path))
     log = cluster.tmp / "lb.log"
+    wait_for_log(log, r"service capped listening .*served by the compiled data plane")
 
     first = [socket.create_connection(("127.0.0.1", capped), timeout=10) for _ in range(2)]
     for s in first:

@@ -32,7 +32,7 @@ from balancer.selection import REGISTRY
 from balancer.selection.round_robin import selection_weight, smooth_schedule
 
 if TYPE_CHECKING:
-    from balancer.config.model import ServiceConfig
+    from balancer.config.model import Limits, ServiceConfig
     from balancer.core.termination import Termination as Reason
     from balancer.observability.logs import EventLog
     from balancer.observability.stats import BackendStats
@@ -65,10 +65,11 @@ class Service(Protocol):
     def engine_finished(self, backend: Backend | None, record: AccessRecord) -> None: ...
     def engine_figures(self, finished: int) -> BackendStats: ...
     def engine_limited(self, on: bool) -> None: ...
+    def engine_full(self, on: bool) -> None: ...
 
 
 FINISHED, CONNECT_FAILED, EARLY_FAILED, ANSWERED = range(1, 5)
-REFUSAL, NO_BACKEND, EXHAUSTED, PANICKED, LIMITED, LINES = range(5, 11)
+REFUSAL, NO_BACKEND, EXHAUSTED, PANICKED, LIMITED, LINES, FULL = range(5, 12)
 ACCESS = {None: 2, "text": 1, "json": 0}  # who records: see Settings.access in engine.rs
 _OWNER_BITS = 24
 _ids = itertools.count(1)  # links (services on the engine)
@@ -83,13 +84,6 @@ def supported(config: ServiceConfig, *, worker: bool) -> str | None:
         return "worker processes"
     if config.algorithm not in REGISTRY:
         return f"algorithm {config.algorithm}"
-    limits = config.limits
-    if limits.allow or limits.deny:
-        return "allow/deny"
-    if limits.max_connections or limits.client_max_connections:
-        return "connection limits"
-    if limits.client_rate or limits.suspect_rate:
-        return "rate limits"
     if any(b.max_connections for b in config.backends):
         return "backend max_connections"
     return None
@@ -108,6 +102,23 @@ def settings(config: ServiceConfig, log: EventLog) -> tuple[Any, ...]:
         config.no_backend_message,
         ACCESS[log.access_format],
         log.quoted(config.name),
+        _limits(config.limits),
+    )
+
+
+def _limits(limits: Limits) -> tuple[Any, ...]:
+    """The admission limits, with the refusals' details worded as admission.Admission's."""
+    return (
+        [(str(net.network_address), net.prefixlen) for net in limits.allow],
+        [(str(net.network_address), net.prefixlen) for net in limits.deny],
+        limits.client_max_connections,
+        float(limits.client_rate),
+        float(limits.client_burst),
+        float(limits.suspect_rate),
+        f"over {limits.client_rate:g} connections/s",
+        f"named as causing most of a backend's failures: over {limits.suspect_rate:g} "
+        "connections/s",
+        limits.max_connections,
     )
 
 
@@ -216,6 +227,10 @@ class Link:
     def end_all(self) -> None:
         self.core.end_all(self.id)
 
+    def suspect(self, ip: str, seconds: float) -> None:
+        """Hold a client address to the service's suspect_rate for `seconds`."""
+        self.core.suspect(self.id, ip, seconds)
+
     @property
     def open(self) -> int:
         return int(self.core.open(self.id))
@@ -284,6 +299,8 @@ class Link:
                 service.on_exhausted(event[2])
         elif kind == LIMITED:
             service.engine_limited(event[2])
+        elif kind == FULL:
+            service.engine_full(event[2])
         elif kind == PANICKED:
             _, _, peer, reason = event
             service.log.event(

@@ -131,6 +131,7 @@ class Service:
         self.waiting: deque[Session] = deque()  # accepted, waiting for max_connections room
         self.accept_paused = False
         self.last_pause_log = 0.0
+        self.pause_logged = False  # the data plane's last pause was logged (see engine_full)
         self.queue: BackendQueue[Session] = BackendQueue(config.limits.queue_size)
         self.queue_poll: asyncio.TimerHandle | None = None  # see _watch_other_workers
         self.refusals: Counter[str] = Counter()
@@ -281,9 +282,12 @@ class Service:
         if self.config.discover is not None:
             d = self.config.discover
             backends = f"discovering {d.host}:{d.first_port}-{d.last_port}"
+        lacks = engine.supported(self.config, worker=self.worker)
+        plane = "the compiled data plane" if lacks is None else f"the Python relay (for {lacks})"
         self.log.event(
             "listening",
-            f"service {self.name} listening on {self.address}, {self.config.algorithm}, {backends}",
+            f"service {self.name} listening on {self.address}, {self.config.algorithm}, "
+            f"{backends}; served by {plane}",
             service=self.name,
         )
 
@@ -413,6 +417,8 @@ class Service:
         for suspect in self.blame.close_window(now):
             if rate:
                 self.admission.suspect(suspect.client, now + window)
+                for link in self.links:
+                    link.suspect(suspect.client, window)
                 limit = f"limited to {rate:g} new connections/s for {window:g}s (suspect_rate)"
             else:
                 limit = "suspect_rate, client_rate or client_max_connections can limit it"
@@ -597,6 +603,23 @@ class Service:
         if backend is not None:
             backend.stats.record(connect_us, duration_us, record.termination)
         self.log.access(record)
+
+    def engine_full(self, on: bool) -> None:
+        """The data plane reached the service's max_connections (or left it)."""
+        if on:
+            now = time.monotonic()
+            if now - self.last_pause_log >= 1.0:  # (a service at its limit pauses often)
+                self.last_pause_log = now
+                self.pause_logged = True
+                self.log.event(
+                    "accept_paused",
+                    f"max_connections {self.config.limits.max_connections} reached: new "
+                    "clients wait in the listen backlog",
+                    service=self.name,
+                )
+        elif self.pause_logged:
+            self.pause_logged = False
+            self.log.event("accept_resumed", "accepting new clients again", service=self.name)
 
     def engine_limited(self, on: bool) -> None:
         """The data plane reached the process's connection budget (or left it)."""
