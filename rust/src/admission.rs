@@ -27,12 +27,20 @@ impl Net {
         match (self.address, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let bits = u32::from(self.prefix.min(32));
-                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 let bits = u32::from(self.prefix.min(128));
-                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -52,6 +60,9 @@ pub struct Limits {
     /// The refusals' details, worded by Python as its own relay words them.
     pub rate_detail: String,
     pub suspect_detail: String,
+    /// Clients that may wait for a backend at its max_connections, and for how long.
+    pub queue_size: usize,
+    pub queue_timeout: std::time::Duration,
 }
 
 impl Limits {
@@ -76,7 +87,12 @@ pub struct Admission {
 
 impl Admission {
     /// Ok if a client at `ip` may go on (it is then counted until `left`), else why not.
-    pub fn check(&mut self, limits: &Limits, ip: IpAddr, now: Instant) -> Result<(), (Term, String)> {
+    pub fn check(
+        &mut self,
+        limits: &Limits,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<(), (Term, String)> {
         if !limits.allow.is_empty() || !limits.deny.is_empty() {
             let allowed = limits.allow.is_empty() || limits.allow.iter().any(|n| n.contains(ip));
             if !allowed || limits.deny.iter().any(|n| n.contains(ip)) {
@@ -146,9 +162,9 @@ impl Admission {
     fn take_token(&mut self, limits: &Limits, ip: IpAddr, now: Instant) -> bool {
         let burst = limits.client_burst;
         let (tokens, last) = self.buckets.get(&ip).copied().unwrap_or((burst, now));
-        let tokens =
-            (tokens + now.saturating_duration_since(last).as_secs_f64() * limits.client_rate)
-                .min(burst);
+        let tokens = (tokens
+            + now.saturating_duration_since(last).as_secs_f64() * limits.client_rate)
+            .min(burst);
         if self.buckets.len() > MAX_BUCKETS {
             // Forget the buckets that have filled up again: they hold nothing a new one would not.
             let refill = burst / limits.client_rate;
@@ -203,8 +219,14 @@ mod tests {
         let mut a = Admission::default();
         let now = Instant::now();
         assert!(a.check(&limits, ip("127.0.0.1"), now).is_ok());
-        assert_eq!(a.check(&limits, ip("127.0.0.2"), now).unwrap_err().0, Term::Denied);
-        assert_eq!(a.check(&limits, ip("10.0.0.1"), now).unwrap_err().0, Term::Denied);
+        assert_eq!(
+            a.check(&limits, ip("127.0.0.2"), now).unwrap_err().0,
+            Term::Denied
+        );
+        assert_eq!(
+            a.check(&limits, ip("10.0.0.1"), now).unwrap_err().0,
+            Term::Denied
+        );
     }
 
     #[test]
@@ -219,7 +241,10 @@ mod tests {
         assert!(a.check(&limits, me, now).is_ok());
         assert!(a.check(&limits, me, now).is_ok());
         let (term, detail) = a.check(&limits, me, now).unwrap_err();
-        assert_eq!((term, detail.as_str()), (Term::ClientLimit, "2 connections already open"));
+        assert_eq!(
+            (term, detail.as_str()),
+            (Term::ClientLimit, "2 connections already open")
+        );
         assert!(a.check(&limits, ip("127.0.0.9"), now).is_ok());
         a.left(me);
         assert!(a.check(&limits, me, now).is_ok());
@@ -242,7 +267,10 @@ mod tests {
         for _ in 0..3 {
             assert!(a.check(&limits, me, start).is_ok());
         }
-        assert_eq!(a.check(&limits, me, start).unwrap_err().0, Term::RateLimited);
+        assert_eq!(
+            a.check(&limits, me, start).unwrap_err().0,
+            Term::RateLimited
+        );
         // 100 ms later: one more token.
         let later = start + Duration::from_millis(101);
         assert!(a.check(&limits, me, later).is_ok());
@@ -262,8 +290,14 @@ mod tests {
         a.suspect(&limits, me, start + Duration::from_secs(10));
         assert!(a.check(&limits, me, start).is_ok());
         assert!(a.check(&limits, me, start).is_ok());
-        assert_eq!(a.check(&limits, me, start).unwrap_err().0, Term::RateLimited);
+        assert_eq!(
+            a.check(&limits, me, start).unwrap_err().0,
+            Term::RateLimited
+        );
         assert!(a.check(&limits, ip("127.0.0.2"), start).is_ok());
-        assert!(a.check(&limits, me, start + Duration::from_secs(11)).is_ok());
+        assert!(
+            a.check(&limits, me, start + Duration::from_secs(11))
+                .is_ok()
+        );
     }
 }

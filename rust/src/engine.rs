@@ -13,7 +13,7 @@
 //! also stops reading the other side until it drains.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -60,6 +60,8 @@ pub enum Term {
     Denied,
     ClientLimit,
     RateLimited,
+    QueueTimeout,
+    QueueFull,
 }
 
 impl Term {
@@ -82,6 +84,8 @@ impl Term {
             Term::Denied => "denied",
             Term::ClientLimit => "client_limit",
             Term::RateLimited => "rate_limited",
+            Term::QueueTimeout => "queue_timeout",
+            Term::QueueFull => "queue_full",
         }
     }
 
@@ -201,7 +205,7 @@ pub enum Command {
         id: u32,
         listeners: Vec<std::net::TcpListener>,
         settings: Arc<Settings>,
-        open: Arc<AtomicI64>,
+        counts: Arc<Counts>,
     },
     Configure {
         id: u32,
@@ -228,6 +232,15 @@ pub enum Command {
         for_: Duration,
     },
     Stop,
+}
+
+/// A service's figures that Python reads at any time.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Its open connections.
+    pub open: AtomicI64,
+    /// Its clients waiting in the queue.
+    pub queued: AtomicI64,
 }
 
 /// What the Python side and the loop share.
@@ -305,9 +318,15 @@ impl Shared {
 }
 
 impl ServiceState {
+    fn queue_changed(&self) {
+        self.counts
+            .queued
+            .store(self.queue.len() as i64, Ordering::Relaxed);
+    }
+
     fn at_max(&self) -> bool {
         let max = self.settings.max_connections;
-        max > 0 && self.open.load(Ordering::Relaxed) >= i64::from(max)
+        max > 0 && self.counts.open.load(Ordering::Relaxed) >= i64::from(max)
     }
 }
 
@@ -319,9 +338,12 @@ struct ServiceState {
     accepting: bool,
     closing: bool,
     backoff_until: Option<Instant>,
-    open: Arc<AtomicI64>,
+    counts: Arc<Counts>,
     admission: Admission,
     full: bool, // at max_connections: not accepting until one ends
+    /// Clients waiting for a free slot on a backend at its max_connections, first come first
+    /// served: (connection, its serial, when its wait ends), in the order they joined.
+    queue: VecDeque<(usize, u64, Instant)>,
 }
 
 /// Bytes one side has not yet taken.
@@ -487,6 +509,10 @@ struct Conn {
     blamed: bool,
     reported: bool, // a failure of it went to Python, which names the rule in its access line
     admitted: bool, // counted by the service's admission until it ends
+    full: bool,     // a candidate was skipped as at its max_connections
+    in_queue: bool, // waits in the service's queue
+    queued_until: Option<Instant>, // when its wait in the queue ends (kept if it rejoins)
+    freed: bool,    // it gave back a slot of a backend with a max_connections
     termination: Option<Term>,
     last_error: String,
     linger_until: Option<Instant>,
@@ -514,6 +540,12 @@ fn probe(side: &mut Side) -> Option<io::Error> {
             Some(e)
         }
     }
+}
+
+/// A number of seconds as Python's `:g` shows it, for the usual values (1, 0.5, 2.25).
+fn short(seconds: f64) -> String {
+    let text = format!("{seconds:.6}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// An address as admission counts it: an IPv4 client on a dual-stack socket as IPv4.
@@ -586,6 +618,7 @@ impl Context<'_> {
 }
 
 enum Due {
+    Queue,
     Header,
     Connect,
     Linger,
@@ -638,6 +671,10 @@ impl Conn {
             blamed: false,
             reported: false,
             admitted: false,
+            full: false,
+            in_queue: false,
+            queued_until: None,
+            freed: false,
             termination: None,
             last_error: String::new(),
             linger_until: None,
@@ -669,7 +706,12 @@ impl Conn {
             }
             Phase::Connecting => return Some((self.dial_started + s.connect, Due::Connect)),
             Phase::Refusing => return self.linger_until.map(|at| (at, Due::Linger)),
-            Phase::Waiting => return None,
+            Phase::Waiting => {
+                return self
+                    .queued_until
+                    .filter(|_| self.in_queue)
+                    .map(|at| (at, Due::Queue));
+            }
             Phase::Relaying => {}
         }
         let mut due = (
@@ -714,6 +756,13 @@ impl Conn {
             return;
         }
         match due {
+            Due::Queue => {
+                self.leave_queue(cx);
+                let wait = self.settings.limits.queue_timeout.as_secs_f64();
+                let detail = format!("no free slot within queue_timeout {}s", short(wait));
+                self.refusal(cx, Term::QueueTimeout, detail);
+                self.refuse(index, cx, Term::QueueTimeout);
+            }
             Due::Header => {
                 self.refusal(
                     cx,
@@ -741,7 +790,7 @@ impl Conn {
     fn abort(&mut self, cx: &mut Context, term: Term) {
         self.end_reason(term);
         if self.connecting() {
-            self.stop_connecting();
+            self.stop_connecting(cx);
         }
         self.client.stream = None;
         self.backend.stream = None;
@@ -760,7 +809,7 @@ impl Conn {
             self.end_reason(term);
         }
         if self.connecting() {
-            self.stop_connecting();
+            self.stop_connecting(cx);
         }
         self.client.close = true;
         if self.connected {
@@ -802,7 +851,10 @@ impl Conn {
             return true;
         }
         let ip = canonical(self.peer.ip());
-        match service.admission.check(&service.settings.limits, ip, cx.now) {
+        match service
+            .admission
+            .check(&service.settings.limits, ip, cx.now)
+        {
             Ok(()) => {
                 self.admitted = true;
                 true
@@ -880,8 +932,18 @@ impl Conn {
             };
             self.next += 1;
             let entry = &table.entries[position as usize];
-            if self.attempts > 0 && service.table.position(entry.cell.slot).is_none() {
+            if (self.attempts > 0 || self.full) && service.table.position(entry.cell.slot).is_none()
+            {
                 continue; // (drained, removed or down since the list was made)
+            }
+            let limit = entry.cell.max_connections.load(Ordering::Relaxed);
+            if limit > 0
+                && (entry.cell.active.load(Ordering::Relaxed) >= i64::from(limit)
+                    || (!service.queue.is_empty() && self.queued_until.is_none()))
+            {
+                // Busy, or its free slot belongs to the clients already waiting for one.
+                self.full = true;
+                continue;
             }
             self.attempts += 1;
             self.entry = Some(position as usize);
@@ -910,6 +972,10 @@ impl Conn {
             }
             return;
         }
+        if self.full && self.attempts < allowed {
+            self.enqueue(index, cx);
+            return;
+        }
         if self.attempts > 0 {
             cx.events.push(Event::NoBackend {
                 service: self.service,
@@ -926,14 +992,71 @@ impl Conn {
         self.refuse(index, cx, reason);
     }
 
+    /// Wait in the queue for a slot: at the back, or back at its place if it was woken for a
+    /// slot someone took first (ahead of every client that joined after it).
+    fn enqueue(&mut self, index: usize, cx: &mut Context) {
+        let Some(service) = cx.services.get_mut(&self.service) else {
+            self.refuse(index, cx, Term::NoBackend);
+            return;
+        };
+        let limits = &self.settings.limits;
+        if let Some(until) = self.queued_until {
+            let place = service
+                .queue
+                .iter()
+                .position(|&(_, _, other)| other > until)
+                .unwrap_or(service.queue.len());
+            service.queue.insert(place, (index, self.serial, until));
+            service.queue_changed();
+        } else if service.queue.len() < limits.queue_size {
+            let until = cx.now + limits.queue_timeout;
+            self.queued_until = Some(until);
+            service.queue.push_back((index, self.serial, until));
+            service.queue_changed();
+        } else {
+            self.refusal(cx, Term::QueueFull, "queue full".into());
+            self.refuse(index, cx, Term::QueueFull);
+            return;
+        }
+        self.in_queue = true;
+        self.phase = Phase::Waiting;
+        self.arm(index, cx);
+    }
+
+    fn leave_queue(&mut self, cx: &mut Context) {
+        if !self.in_queue {
+            return;
+        }
+        self.in_queue = false;
+        if let Some(service) = cx.services.get_mut(&self.service) {
+            service
+                .queue
+                .retain(|&(_, serial, _)| serial != self.serial);
+            service.queue_changed();
+        }
+    }
+
+    /// Woken from the queue (which it has left): try the candidates again.
+    fn woken(&mut self, index: usize, cx: &mut Context) {
+        self.in_queue = false;
+        self.full = false;
+        self.table = None;
+        self.next_candidate(index, cx);
+        self.pump(index, cx);
+    }
+
     fn release(&mut self) {
         if let Some(cell) = self.cell.take() {
             cell.active.fetch_sub(1, Ordering::Relaxed);
+            if cell.max_connections.load(Ordering::Relaxed) > 0 {
+                self.freed = true; // (the loop wakes the head of the queue)
+            }
         }
         self.entry = None;
     }
 
-    fn stop_connecting(&mut self) {
+    fn stop_connecting(&mut self, cx: &mut Context) {
+        self.leave_queue(cx);
         if self.phase == Phase::Connecting {
             self.backend.stream = None;
             self.release();
@@ -1436,7 +1559,7 @@ impl Conn {
             _ => {}
         }
         if self.connecting() {
-            self.stop_connecting();
+            self.stop_connecting(cx);
         }
         // A reset too: what the client sent before it goes on to the backend, then a close.
         if self.connected && self.backend.open() {
@@ -1563,7 +1686,11 @@ impl Conn {
         }
         self.give_back_pipes(cx, false);
         let slot = if self.connected { self.slot() } else { None };
-        let used = if self.connected { self.cell.clone() } else { None };
+        let used = if self.connected {
+            self.cell.clone()
+        } else {
+            None
+        };
         if let Some(cell) = &self.cell
             && self.connected
         {
@@ -1769,14 +1896,19 @@ impl Loop {
         if self.scratch.len() != SCRATCH {
             self.scratch = vec![0u8; SCRATCH]; // (a panic while it was taken out)
         }
+        let freed = std::mem::take(&mut conn.freed);
+        let service_id = conn.service;
         match outcome {
             Ok(()) => {
                 if conn.finished {
                     let conn = self.conns.remove(index);
                     if let Some(service) = self.services.get(&conn.service) {
-                        service.open.fetch_sub(1, Ordering::Relaxed);
+                        service.counts.open.fetch_sub(1, Ordering::Relaxed);
                     }
                     self.closed_one(now, conn.service);
+                }
+                if freed {
+                    self.wake(service_id, 1, now);
                 }
             }
             Err(panic) => {
@@ -1789,6 +1921,12 @@ impl Loop {
                 if let Some(cell) = &conn.cell {
                     cell.active.fetch_sub(1, Ordering::Relaxed);
                 }
+                if let Some(service) = self.services.get_mut(&conn.service) {
+                    service
+                        .queue
+                        .retain(|&(_, serial, _)| serial != conn.serial);
+                    service.queue_changed();
+                }
                 for _ in [&conn.client.pipe, &conn.backend.pipe]
                     .iter()
                     .filter(|p| p.is_some())
@@ -1796,7 +1934,7 @@ impl Loop {
                     self.pipes.lost();
                 }
                 if let Some(service) = self.services.get_mut(&conn.service) {
-                    service.open.fetch_sub(1, Ordering::Relaxed);
+                    service.counts.open.fetch_sub(1, Ordering::Relaxed);
                     if conn.admitted {
                         service.admission.left(canonical(conn.peer.ip()));
                     }
@@ -1809,6 +1947,48 @@ impl Loop {
                 });
             }
         }
+    }
+
+    /// Give free slots to the first `count` clients of a service's queue, each trying the
+    /// candidates again and going back to its place if it finds none.
+    fn wake(&mut self, id: u32, count: usize, now: Instant) {
+        let Some(service) = self.services.get_mut(&id) else {
+            return;
+        };
+        let count = count.min(service.queue.len());
+        let heads: Vec<(usize, u64, Instant)> = service.queue.drain(..count).collect();
+        service.queue_changed();
+        for (index, serial, _) in heads {
+            if self
+                .conns
+                .get(index)
+                .is_some_and(|c| c.serial == serial && c.in_queue)
+            {
+                self.dispatch(index, now, |conn, index, cx| conn.woken(index, cx));
+            }
+        }
+    }
+
+    /// After a table swap (a health change, a reload, an admin change): as many of the
+    /// queue as the capped backends have room for (all, if one has no cap) try again.
+    fn wake_for_room(&mut self, id: u32, now: Instant) {
+        let Some(service) = self.services.get(&id) else {
+            return;
+        };
+        if service.queue.is_empty() {
+            return;
+        }
+        let mut room = 0usize;
+        for entry in &service.table.entries {
+            let limit = entry.cell.max_connections.load(Ordering::Relaxed);
+            if limit == 0 {
+                room = usize::MAX;
+                break;
+            }
+            let active = entry.cell.active.load(Ordering::Relaxed).max(0) as u64;
+            room = room.saturating_add(u64::from(limit).saturating_sub(active) as usize);
+        }
+        self.wake(id, room, now);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -1930,7 +2110,7 @@ impl Loop {
             let _ = stream.set_nodelay(true);
             let settings = service.settings.clone();
             let closing = service.closing;
-            service.open.fetch_add(1, Ordering::Relaxed);
+            service.counts.open.fetch_add(1, Ordering::Relaxed);
             self.open += 1;
             self.serial += 1;
             let serial = self.serial;
@@ -1946,7 +2126,7 @@ impl Loop {
                 )
                 .is_err()
             {
-                service.open.fetch_sub(1, Ordering::Relaxed);
+                service.counts.open.fetch_sub(1, Ordering::Relaxed);
                 self.open -= 1;
                 continue;
             }
@@ -1976,7 +2156,7 @@ impl Loop {
                     id,
                     listeners,
                     settings,
-                    open,
+                    counts,
                 } => {
                     self.pipes.limit = self.shared.pipe_limit.load(Ordering::Relaxed);
                     let mut registered = Vec::new();
@@ -2006,9 +2186,10 @@ impl Loop {
                             accepting: false,
                             closing: false,
                             backoff_until: None,
-                            open,
+                            counts,
                             admission: Admission::default(),
                             full: false,
+                            queue: VecDeque::new(),
                         },
                     );
                     if let Some(previous) = previous
@@ -2016,6 +2197,7 @@ impl Loop {
                     {
                         s.table = previous.table;
                         s.admission = previous.admission;
+                        s.queue = previous.queue;
                     }
                 }
                 Command::Configure { id, settings } => {
@@ -2043,6 +2225,7 @@ impl Loop {
                     if let Some(service) = self.services.get_mut(&id) {
                         service.table = table;
                     }
+                    self.wake_for_room(id, now);
                 }
                 Command::Accept { id, on } => {
                     if let Some(service) = self.services.get_mut(&id) {

@@ -213,7 +213,13 @@ mod tests {
     #[test]
     fn the_line_has_every_field() {
         let mut out = String::new();
-        access_line(&mut out, &mut Clock::default(), "web", "127.0.0.1:9001", &record(0.1234, 5.0));
+        access_line(
+            &mut out,
+            &mut Clock::default(),
+            "web",
+            "127.0.0.1:9001",
+            &record(0.1234, 5.0),
+        );
         let (stamp, rest) = out.split_once(' ').unwrap();
         assert_eq!(stamp.len(), "2026-12-07T20:33:23.123".len());
         assert_eq!(

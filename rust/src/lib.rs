@@ -14,7 +14,7 @@ pub mod splice;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use admission::{Limits, Net};
-use engine::{Command, Event, Settings, Shared};
+use engine::{Command, Counts, Event, Settings, Shared};
 use figures::Key;
 use select::{Algorithm, BackendCell, Entry, Table};
 
@@ -83,7 +83,8 @@ type SettingsArgs = (
 type NetArgs = (String, u8);
 
 /// The admission limits: allow, deny, client_max_connections, client_rate, client_burst,
-/// suspect_rate, the two rate refusals' details, and the service's max_connections.
+/// suspect_rate, the two rate refusals' details, the service's max_connections, the queue's
+/// size and timeout (seconds).
 type LimitsArgs = (
     Vec<NetArgs>,
     Vec<NetArgs>,
@@ -94,6 +95,8 @@ type LimitsArgs = (
     String,
     String,
     u32,
+    usize,
+    f64,
 );
 
 fn nets(list: Vec<NetArgs>) -> PyResult<Vec<Net>> {
@@ -118,8 +121,21 @@ fn settings(args: SettingsArgs) -> PyResult<Arc<Settings>> {
         message,
         access,
         access_name,
-        (allow, deny, client_max, client_rate, client_burst, suspect_rate, rate, suspect, max),
+        (
+            allow,
+            deny,
+            client_max,
+            client_rate,
+            client_burst,
+            suspect_rate,
+            rate,
+            suspect,
+            max,
+            queue_size,
+            queue_timeout,
+        ),
     ) = args;
+    let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
     let limits = Limits {
         allow: nets(allow)?,
         deny: nets(deny)?,
@@ -129,8 +145,9 @@ fn settings(args: SettingsArgs) -> PyResult<Arc<Settings>> {
         suspect_rate,
         rate_detail: rate,
         suspect_detail: suspect,
+        queue_size,
+        queue_timeout: seconds(queue_timeout),
     };
-    let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
     Ok(Arc::new(Settings {
         connect: seconds(connect),
         idle: seconds(idle),
@@ -155,7 +172,7 @@ fn settings(args: SettingsArgs) -> PyResult<Arc<Settings>> {
 struct Engine {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    open: Mutex<HashMap<u32, Arc<AtomicI64>>>,
+    counts: Mutex<HashMap<u32, Arc<Counts>>>,
 }
 
 impl Engine {
@@ -186,7 +203,7 @@ impl Engine {
         Ok(Engine {
             shared,
             thread: Mutex::new(Some(thread)),
-            open: Mutex::new(HashMap::new()),
+            counts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -204,8 +221,8 @@ impl Engine {
             .map(engine::listener_from_fd)
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
-        let open = self
-            .open
+        let counts = self
+            .counts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(id)
@@ -216,7 +233,7 @@ impl Engine {
             id,
             listeners,
             settings,
-            open,
+            counts,
         });
         Ok(())
     }
@@ -243,15 +260,17 @@ impl Engine {
         &self,
         id: u32,
         algorithm: &str,
-        backends: Vec<(u32, String, u16, f64, u8, String)>,
+        backends: Vec<(u32, String, u16, f64, u8, String, u32)>,
         schedule: Vec<u32>,
         ring: Vec<u64>,
     ) -> PyResult<()> {
         let kind = Algorithm::named(algorithm)
             .ok_or_else(|| PyValueError::new_err(format!("no built-in algorithm {algorithm:?}")))?;
         let mut entries = Vec::with_capacity(backends.len());
-        for (slot, host, port, weight, send_proxy, label) in backends {
+        for (slot, host, port, weight, send_proxy, label, max_connections) in backends {
             let cell = self.cell(slot);
+            cell.max_connections
+                .store(max_connections, Ordering::Relaxed);
             let _ = cell.label.set(label.into_boxed_str()); // (a backend's name never changes)
             entries.push(Entry {
                 cell,
@@ -282,11 +301,20 @@ impl Engine {
 
     /// The service's open connections.
     fn open(&self, id: u32) -> i64 {
-        self.open
+        self.counts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+            .map_or(0, |c| c.open.load(Ordering::Relaxed))
+    }
+
+    /// The service's clients waiting in the queue for a backend's free slot.
+    fn queued(&self, id: u32) -> i64 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map_or(0, |c| c.queued.load(Ordering::Relaxed))
     }
 
     /// Open connections the process may have in all, 0 for no limit.
@@ -398,8 +426,11 @@ impl Engine {
                 Key::Service(id) => (false, id),
                 Key::Backend(slot) => (true, slot),
             };
-            let terminations: HashMap<&'static str, u64> =
-                f.terminations.into_iter().map(|(t, n)| (t.name(), n)).collect();
+            let terminations: HashMap<&'static str, u64> = f
+                .terminations
+                .into_iter()
+                .map(|(t, n)| (t.name(), n))
+                .collect();
             out.push(
                 (
                     is_backend,

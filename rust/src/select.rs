@@ -5,8 +5,8 @@
 //! started on an older table keeps it, and the next pick uses the new one.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// What the data plane keeps per backend, shared by every table that lists it: counters only.
 #[derive(Debug, Default)]
@@ -21,6 +21,8 @@ pub struct BackendCell {
     pub live_out: AtomicU64,
     /// A failure was reported since its last answer: the next answer is reported too.
     pub failing: AtomicBool,
+    /// Open connections it may have (0: no limit), as the latest table says.
+    pub max_connections: AtomicU32,
     /// How the access line names it (quoted as the line's format wants), set once.
     pub label: OnceLock<Box<str>>,
 }

@@ -588,7 +588,8 @@ def test_max_connections_and_backend_queue(cluster: Cluster) -> None:
     )
     cluster.balancer("--config", str(path))
     log = cluster.tmp / "lb.log"
-    wait_for_log(log, r"service capped listening .*served by the compiled data plane")
+    for name in ("capped", "queued"):  # (max_connections and the queue are the engine's)
+        wait_for_log(log, rf"service {name} listening .*served by the compiled data plane")
 
     first = [socket.create_connection(("127.0.0.1", capped), timeout=10) for _ in range(2)]
     for s in first:

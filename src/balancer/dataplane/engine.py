@@ -84,8 +84,6 @@ def supported(config: ServiceConfig, *, worker: bool) -> str | None:
         return "worker processes"
     if config.algorithm not in REGISTRY:
         return f"algorithm {config.algorithm}"
-    if any(b.max_connections for b in config.backends):
-        return "backend max_connections"
     return None
 
 
@@ -119,6 +117,8 @@ def _limits(limits: Limits) -> tuple[Any, ...]:
         f"named as causing most of a backend's failures: over {limits.suspect_rate:g} "
         "connections/s",
         limits.max_connections,
+        limits.queue_size,
+        float(limits.queue_timeout),
     )
 
 
@@ -208,7 +208,8 @@ class Link:
             host = backend.address.host
             weight = float(backend.effective_weight)
             label = self.service.log.quoted(backend.key)
-            rows.append((slot, host, backend.address.port, weight, version, label))
+            limit = backend.max_connections
+            rows.append((slot, host, backend.address.port, weight, version, label, limit))
         name = self.service.config.algorithm
         schedule: list[int] = []
         ring: list[int] = []
@@ -234,6 +235,10 @@ class Link:
     @property
     def open(self) -> int:
         return int(self.core.open(self.id))
+
+    @property
+    def queued(self) -> int:
+        return int(self.core.queued(self.id))
 
     def live_bytes(self) -> dict[Backend, tuple[int, int]]:
         return {b: self.core.live(slot) for slot, b in self.backends.items() if b.active > 0}

@@ -214,7 +214,7 @@ class Service:
 
     def queued(self) -> int:
         """Clients waiting in the queue for a backend's free slot (HAProxy's qcur)."""
-        return len(self.queue) + self.remote_queued
+        return len(self.queue) + self.remote_queued + sum(link.queued for link in self.links)
 
     async def bind(self, listen: Address) -> Serving:
         try:
