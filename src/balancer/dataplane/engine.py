@@ -12,7 +12,8 @@ connection with a passive failure, whose line names the rule Python judged it by
 connection in the JSON log format, come to Python as a `finished` event each.
 
 A service uses the engine when every feature its config asks for is one the engine has
-(`supported`); the Python relay serves the rest until they are ported.
+(`supported`): today all but plug-in algorithms and worker processes; the Python relay
+serves those until they are ported.
 """
 
 from __future__ import annotations
