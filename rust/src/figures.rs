@@ -112,9 +112,11 @@ impl Clock {
 
 fn local(seconds: i64) -> String {
     let time: libc::time_t = seconds as libc::time_t;
-    // SAFETY: `tm` is plain data that localtime_r fills in; both pointers are to live locals,
-    // and localtime_r (unlike localtime) keeps no pointer to either after it returns.
+    // SAFETY: libc::tm is plain integers (and, on glibc, a pointer that may be null), for
+    // which all zero bytes are a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals, and localtime_r (unlike localtime) keeps no
+    // pointer to either after it returns.
     let filled = unsafe { !libc::localtime_r(&time, &mut tm).is_null() };
     if !filled {
         return "1970-01-01T00:00:00".to_owned();

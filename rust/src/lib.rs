@@ -14,7 +14,7 @@ pub mod splice;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -176,6 +176,15 @@ struct Engine {
 }
 
 impl Engine {
+    /// One of a service's counts (0 for a service it does not know).
+    fn count(&self, id: u32, which: impl Fn(&Counts) -> &AtomicI64) -> i64 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map_or(0, |c| which(c).load(Ordering::Relaxed))
+    }
+
     fn cell(&self, slot: u32) -> Arc<BackendCell> {
         let mut cells = self.shared.cells.lock().unwrap_or_else(|e| e.into_inner());
         cells
@@ -301,20 +310,12 @@ impl Engine {
 
     /// The service's open connections.
     fn open(&self, id: u32) -> i64 {
-        self.counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .map_or(0, |c| c.open.load(Ordering::Relaxed))
+        self.count(id, |c| &c.open)
     }
 
     /// The service's clients waiting in the queue for a backend's free slot.
     fn queued(&self, id: u32) -> i64 {
-        self.counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .map_or(0, |c| c.queued.load(Ordering::Relaxed))
+        self.count(id, |c| &c.queued)
     }
 
     /// Open connections the process may have in all, 0 for no limit.
